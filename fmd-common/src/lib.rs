@@ -1,0 +1,81 @@
+//! Types and names shared by the BPF programs (`fmd-ebpf`) and the daemon: every struct here crosses the
+//! kernel/user boundary byte for byte, so each is `repr(C)`, padded explicitly and size-checked.
+#![no_std]
+
+pub mod http;
+
+#[cfg(feature = "user")]
+mod user;
+
+/// Names of maps and programs, used by `fmd-ebpf` to declare them and by the daemon to find them.
+pub mod names {
+    /// Ring buffer carrying [`crate::http::EventHeader`]-prefixed records to the daemon.
+    pub const EVENTS: &str = "FMD_EVENTS";
+    /// `tgid -> role` of the processes under watch ([`crate::ROLE_MASTER`], [`crate::ROLE_WORKER`]).
+    pub const PIDS: &str = "FMD_PIDS";
+    /// Per-CPU counters indexed by [`crate::stats`].
+    pub const STATS: &str = "FMD_STATS";
+    /// `(tgid, fd) -> connection` for sockets the workers accepted.
+    pub const CONNS: &str = "FMD_CONNS";
+    /// One-element array holding the [`crate::BpfConfig`].
+    pub const CONFIG: &str = "FMD_CONFIG";
+
+    /// Every syscall tracepoint program, `(program name, tracepoint category, tracepoint name)`.
+    pub const SYSCALL_PROGRAMS: &[(&str, &str, &str)] = &[
+        ("fmd_enter_accept", "syscalls", "sys_enter_accept"),
+        ("fmd_enter_accept4", "syscalls", "sys_enter_accept4"),
+        ("fmd_exit_accept", "syscalls", "sys_exit_accept"),
+        ("fmd_exit_accept4", "syscalls", "sys_exit_accept4"),
+        ("fmd_enter_read", "syscalls", "sys_enter_read"),
+        ("fmd_enter_recvfrom", "syscalls", "sys_enter_recvfrom"),
+        ("fmd_enter_readv", "syscalls", "sys_enter_readv"),
+        ("fmd_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+        ("fmd_exit_read", "syscalls", "sys_exit_read"),
+        ("fmd_exit_recvfrom", "syscalls", "sys_exit_recvfrom"),
+        ("fmd_exit_readv", "syscalls", "sys_exit_readv"),
+        ("fmd_exit_recvmsg", "syscalls", "sys_exit_recvmsg"),
+        ("fmd_enter_write", "syscalls", "sys_enter_write"),
+        ("fmd_enter_sendto", "syscalls", "sys_enter_sendto"),
+        ("fmd_enter_writev", "syscalls", "sys_enter_writev"),
+        ("fmd_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+        ("fmd_enter_sendfile64", "syscalls", "sys_enter_sendfile64"),
+        ("fmd_exit_write", "syscalls", "sys_exit_write"),
+        ("fmd_exit_sendto", "syscalls", "sys_exit_sendto"),
+        ("fmd_exit_writev", "syscalls", "sys_exit_writev"),
+        ("fmd_exit_sendmsg", "syscalls", "sys_exit_sendmsg"),
+        ("fmd_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
+        ("fmd_enter_close", "syscalls", "sys_enter_close"),
+        ("fmd_enter_shutdown", "syscalls", "sys_enter_shutdown"),
+        ("fmd_process_fork", "sched", "sched_process_fork"),
+        ("fmd_process_exit", "sched", "sched_process_exit"),
+    ];
+}
+
+/// The process was named with `--pid` as a gunicorn master: its forked children become workers.
+pub const ROLE_MASTER: u32 = 1;
+/// The process serves requests: its accepted sockets are captured.
+pub const ROLE_WORKER: u32 = 2;
+
+/// Indexes into the per-CPU [`names::STATS`] array.
+pub mod stats {
+    /// Records the ring buffer had no room for (the daemon fell behind): requests may be incomplete.
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// Accepted connections that did not fit in the connection table.
+    pub const CONN_TABLE_FULL: u32 = 1;
+    /// Records written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 2;
+    /// Data records whose payload was cut to [`crate::http::MAX_DATA`] bytes (normal for large bodies).
+    pub const DATA_TRUNCATED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Settings the daemon writes into the [`names::CONFIG`] array before attaching anything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BpfConfig {
+    /// Offset of `child_pid` in the `sched_process_fork` record; it moved between kernels (44 before the
+    /// comm fields became `__data_loc`, 20 after), so the daemon reads it from the tracepoint's format.
+    pub fork_child_pid_offset: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<BpfConfig>() == 8);

@@ -1,0 +1,159 @@
+//! Which processes to watch for a `--pid`: a gunicorn master and its workers, or one worker (or any single
+//! Python server process). Reads /proc only; the kernel-side table lives in `capture`.
+
+use std::{fs, io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no process with PID {pid} (check the PID of the gunicorn master with `pgrep -f gunicorn`)")]
+    NoSuchProcess { pid: u32 },
+    #[error("cannot inspect process {pid}: permission denied (run fmd-daemon as root)")]
+    Permission { pid: u32 },
+    #[error(
+        "process {pid} ({exe}) is not a Python process: give the PID of a gunicorn master or worker running a \
+         Flask app"
+    )]
+    NotPython { pid: u32, exe: String },
+    #[error("cannot read /proc/{pid}/{file}")]
+    Read {
+        pid: u32,
+        file: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What `--pid` turned out to be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A gunicorn master: its current children are the workers, and later forks become workers too.
+    Master { pid: u32, workers: Vec<u32> },
+    /// A single serving process (a gunicorn worker, or a Python server without a master).
+    Worker { pid: u32 },
+}
+
+impl Target {
+    pub fn pid(&self) -> u32 {
+        match self {
+            Self::Master { pid, .. } | Self::Worker { pid } => *pid,
+        }
+    }
+}
+
+/// Facts about one process, read from /proc.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Thread-group id: equal to `pid` for a process, different for a thread.
+    pub tgid: u32,
+    pub exe: PathBuf,
+    pub cmdline: Vec<String>,
+    /// A libpython or python executable is mapped.
+    pub python: bool,
+}
+
+pub fn inspect(pid: u32) -> Result<ProcInfo, Error> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let status = match fs::read_to_string(dir.join("status")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NoSuchProcess { pid }),
+        Err(source) => return Err(Error::Read { pid, file: "status", source }),
+    };
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(0)
+    };
+    let exe = match fs::read_link(dir.join("exe")) {
+        Ok(p) => p,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(Error::Permission { pid }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NoSuchProcess { pid }),
+        // Kernel threads have no exe.
+        Err(_) => PathBuf::new(),
+    };
+    let cmdline = fs::read(dir.join("cmdline")).map_err(|source| Error::Read { pid, file: "cmdline", source })?;
+    let cmdline = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let maps = match fs::read_to_string(dir.join("maps")) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(Error::Permission { pid }),
+        Err(source) => return Err(Error::Read { pid, file: "maps", source }),
+    };
+    Ok(ProcInfo { pid, ppid: field("PPid:"), tgid: field("Tgid:"), python: maps_have_python(&maps, &exe), exe, cmdline })
+}
+
+/// A CPython process maps either a `python3.X` executable with the interpreter linked in, or `libpython3.X`.
+fn maps_have_python(maps: &str, exe: &std::path::Path) -> bool {
+    let is_python_name = |name: &str| name.starts_with("python") || name.starts_with("libpython");
+    exe.file_name().and_then(|n| n.to_str()).is_some_and(is_python_name)
+        || maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter_map(|p| p.rsplit('/').next()).any(|n| n.starts_with("libpython"))
+}
+
+/// Children of `pid` (processes whose parent it is).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            fs::read_to_string(format!("/proc/{child}/stat")).ok().and_then(|s| parse_stat_ppid(&s)) == Some(pid)
+        })
+        .collect()
+}
+
+/// `ppid` from /proc/PID/stat: after the `)` that closes the command name, which may hold spaces.
+fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Decides how to watch `pid`: a process whose parent runs the same program with the same command line is
+/// a forked worker (gunicorn workers are forks of the master, not new programs); a Python process with
+/// Python children of the same program is a master.
+pub fn resolve(pid: u32) -> Result<Target, Error> {
+    let info = inspect(pid)?;
+    if !info.python {
+        return Err(Error::NotPython { pid, exe: info.exe.display().to_string() });
+    }
+    if let Ok(parent) = inspect(info.ppid) {
+        if parent.python && parent.exe == info.exe && parent.cmdline == info.cmdline {
+            return Ok(Target::Worker { pid });
+        }
+    }
+    let workers: Vec<u32> = children(pid)
+        .into_iter()
+        .filter(|&c| inspect(c).is_ok_and(|c| c.python && c.exe == info.exe && c.tgid == c.pid))
+        .collect();
+    if workers.is_empty() {
+        Ok(Target::Worker { pid })
+    } else {
+        Ok(Target::Master { pid, workers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ppid_from_stat_with_odd_command_names() {
+        assert_eq!(parse_stat_ppid("1234 (gunicorn) S 99 1234 1234 0 -1"), Some(99));
+        assert_eq!(parse_stat_ppid("1234 (a) b (c) S 7 1 1"), Some(7));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn python_detection_from_maps() {
+        let maps = "7f00-7f01 r-xp 0 08:01 1 /root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0\n";
+        assert!(maps_have_python(maps, std::path::Path::new("/usr/bin/something")));
+        assert!(maps_have_python("", std::path::Path::new("/usr/bin/python3.11")));
+        assert!(!maps_have_python("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n", std::path::Path::new("/usr/bin/sleep")));
+    }
+
+    #[test]
+    fn missing_and_non_python_processes() {
+        assert!(matches!(resolve(u32::MAX - 1), Err(Error::NoSuchProcess { .. })));
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let err = resolve(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(matches!(err, Err(Error::NotPython { .. })), "{err:?}");
+    }
+}

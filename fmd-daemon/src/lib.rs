@@ -1,0 +1,5 @@
+//! fmd-daemon: attaches fmd's BPF programs to gunicorn workers, turns what they see into request records,
+//! stores them in DuckDB and serves them (JSON API, CLI queries). See ARCHITECTURE.md for the map.
+
+pub mod capture;
+pub mod request;

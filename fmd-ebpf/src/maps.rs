@@ -1,0 +1,52 @@
+//! Maps shared by every program, and the small helpers that touch them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use fmd_common::{
+    http::{Conn, ConnKey, DataEvent},
+    BpfConfig,
+};
+
+/// Records for the daemon. 16 MiB holds about a second of a heavy load's records, should the daemon stall.
+#[map]
+pub static FMD_EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// `tgid -> role`, written by the daemon (and by `fmd_process_fork` for a master's new workers).
+#[map]
+pub static FMD_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Sockets the watched workers accepted: only these are captured, so the app's own outgoing connections
+/// (database, HTTP clients) never look like served requests.
+#[map]
+pub static FMD_CONNS: HashMap<ConnKey, Conn> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static FMD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fmd_common::stats::COUNT, 0);
+
+#[map]
+pub static FMD_CONFIG: Array<BpfConfig> = Array::with_max_entries(1, 0);
+
+/// Scratch space to build a record in: 4 KiB does not fit on the 512-byte BPF stack.
+#[map]
+pub static FMD_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count(stat: u32) {
+    if let Some(slot) = FMD_STATS.get_ptr_mut(stat) {
+        // SAFETY: per-CPU slot, and programs are not preempted mid-run on one CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn role(tgid: u32) -> Option<u32> {
+    // SAFETY: the value is a plain u32 copied out at once.
+    unsafe { FMD_PIDS.get(&tgid).copied() }
+}
+
+#[inline(always)]
+pub fn config() -> BpfConfig {
+    FMD_CONFIG.get(0).copied().unwrap_or_default()
+}
