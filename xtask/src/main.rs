@@ -1,1 +1,46 @@
-fn main(){}
+//! fmd's only automation: installing the toolchain pieces, building, testing, the demo and benchmarks.
+//! Run as `cargo xtask <command>` (the alias lives in .cargo/config.toml).
+
+mod build;
+mod command;
+mod demo;
+mod paths;
+mod python;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "fmd's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need: rust-src and bpf-linker for the BPF build, libduckdb, the
+    /// Python venvs of the test matrix, Debian packages.
+    Setup,
+    /// Build the BPF programs and the daemon in release mode into target/release/fmd-daemon.
+    Build,
+    /// Run every test: unit tests, then the end-to-end suite against real gunicorn workers (needs root).
+    Test(test::Args),
+    /// Start a sample Flask app under gunicorn, attach the daemon, send traffic and print where to look.
+    Demo(demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::all(),
+        Command::Build => build::release().map(|_| ()),
+        Command::Test(args) => test::run(&args),
+        Command::Demo(args) => demo::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

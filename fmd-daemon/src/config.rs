@@ -1,0 +1,148 @@
+//! The daemon's one configuration: TOML file (default /etc/fmd/fmd.toml) overridden by flags and `FMD_*`
+//! environment variables, validated once at startup and passed around as `Arc<Config>`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/fmd/fmd.toml";
+pub const DEFAULT_DB: &str = "/var/lib/fmd/fmd.duckdb";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9876";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The DuckDB file requests are stored in.
+    pub db: PathBuf,
+    /// Address of the HTTP API, dashboard and metrics.
+    pub listen: SocketAddr,
+    pub capture: CaptureConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            // Root-owned state, like other system daemons.
+            db: PathBuf::from(DEFAULT_DB),
+            // Loopback only: the API shows request details and must not be exposed by accident.
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            capture: CaptureConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// Bytes of each request (head and start of body) kept for outlier details.
+    pub keep_head_bytes: usize,
+    /// A connection silent this long is finished (its pending request stored) and forgotten.
+    pub idle_timeout_secs: u64,
+    /// Most connections tracked at once; beyond it the oldest is evicted (and counted).
+    pub max_connections: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            // Enough for the head of nearly every request; matches what BPF copies from one read.
+            keep_head_bytes: 4096,
+            // gunicorn's default keep-alive is 2 s; 5 minutes also covers slow streaming responses.
+            idle_timeout_secs: 300,
+            // Far above what 2-core hosts serve at once, small enough to bound memory (~64 KiB each at worst).
+            max_connections: 16384,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing *default* file means defaults, a missing explicit one is an error.
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(Error::Read { path, source }),
+        };
+        toml::from_str(&text).map_err(|source| Error::Parse { path, source })
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.capture.max_connections == 0 {
+            return Err(Error::Invalid { key: "capture.max_connections", reason: "must be at least 1".into() });
+        }
+        if self.capture.idle_timeout_secs == 0 {
+            return Err(Error::Invalid { key: "capture.idle_timeout_secs", reason: "must be at least 1".into() });
+        }
+        if self.db.as_os_str().is_empty() {
+            return Err(Error::Invalid { key: "db", reason: "must be a file path".into() });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml_text: &str, expect: Result<Config, &str>) {
+        let parsed: Result<Config, _> = toml::from_str(toml_text);
+        match (parsed, expect) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want),
+            (Err(e), Err(fragment)) => assert!(e.to_string().contains(fragment), "{e}"),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn files() {
+        check("", Ok(Config::default()));
+        check(
+            "db = \"/tmp/x.duckdb\"\n[capture]\nidle_timeout_secs = 9",
+            Ok(Config {
+                db: "/tmp/x.duckdb".into(),
+                capture: CaptureConfig { idle_timeout_secs: 9, ..CaptureConfig::default() },
+                ..Config::default()
+            }),
+        );
+        check("dbb = 1", Err("unknown field"));
+        check("listen = \"not an address\"", Err("invalid socket address"));
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        c.capture.max_connections = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("capture.max_connections"));
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_missing_explicit_file_is_an_error() {
+        assert!(Config::load(Some(Path::new("/nonexistent/fmd.toml"))).is_err());
+    }
+}
