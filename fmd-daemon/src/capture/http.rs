@@ -388,8 +388,9 @@ impl Ctx<'_> {
 }
 
 fn wall_us(mono_ns: u64, offset: i64) -> i64 {
+    // In i128 the sum cannot overflow, and divided by 1000 it always fits an i64 again.
     let ns = i128::from(mono_ns) + i128::from(offset);
-    i64::try_from(ns.div_euclid(1000)).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX })
+    i64::try_from(ns.div_euclid(1000)).unwrap_or(i64::MAX)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -540,12 +541,7 @@ impl Conn {
                     data = data.get(blank..).unwrap_or_default();
                     if data.is_empty() {
                         if gap > 0 {
-                            self.lose(
-                                Error::Uncopied {
-                                    side: Side::Request,
-                                },
-                                ctx,
-                            );
+                            self.lose_uncopied(Side::Request, ctx);
                         }
                         return;
                     }
@@ -566,12 +562,7 @@ impl Conn {
                 Rx::Head { buf, start_ts, tid } => {
                     if data.is_empty() {
                         if gap > 0 {
-                            self.lose(
-                                Error::Uncopied {
-                                    side: Side::Request,
-                                },
-                                ctx,
-                            );
+                            self.lose_uncopied(Side::Request, ctx);
                         }
                         return;
                     }
@@ -619,14 +610,7 @@ impl Conn {
                                 }
                                 done
                             }
-                            Err(()) => {
-                                return self.lose(
-                                    Error::Uncopied {
-                                        side: Side::Request,
-                                    },
-                                    ctx,
-                                )
-                            }
+                            Err(()) => return self.lose_uncopied(Side::Request, ctx),
                         }
                     } else {
                         match framing.feed(data) {
@@ -723,24 +707,14 @@ impl Conn {
                         return;
                     }
                     if data.is_empty() {
-                        return self.lose(
-                            Error::Uncopied {
-                                side: Side::Response,
-                            },
-                            ctx,
-                        );
+                        return self.lose_uncopied(Side::Response, ctx);
                     }
                     self.tx = Tx::Head { buf: Vec::new() };
                 }
                 Tx::Head { buf } => {
                     if data.is_empty() {
                         if gap > 0 {
-                            self.lose(
-                                Error::Uncopied {
-                                    side: Side::Response,
-                                },
-                                ctx,
-                            );
+                            self.lose_uncopied(Side::Response, ctx);
                         }
                         return;
                     }
@@ -826,14 +800,7 @@ impl Conn {
                                 gap -= r.0;
                                 r
                             }
-                            Err(()) => {
-                                return self.lose(
-                                    Error::Uncopied {
-                                        side: Side::Response,
-                                    },
-                                    ctx,
-                                )
-                            }
+                            Err(()) => return self.lose_uncopied(Side::Response, ctx),
                         }
                     } else {
                         match framing.feed(data) {
@@ -877,6 +844,10 @@ impl Conn {
         } else if let Some(ex) = self.exchanges.back_mut() {
             ex.reading = false;
         }
+    }
+
+    fn lose_uncopied(&mut self, side: Side, ctx: &mut Ctx<'_>) {
+        self.lose(Error::Uncopied { side }, ctx);
     }
 
     /// The connection ends (see [`Flush`]): emits what it has.
@@ -2236,6 +2207,7 @@ mod tests {
             b"Content-Length: 99999999\r\n",
             b"\x16\x03\x01",
         ];
+        let mut seen = Counters::default();
         for seed in 1..=40u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let mut asm = Assembler::new(limits, 0);
@@ -2302,6 +2274,22 @@ mod tests {
             asm.finish_all(&mut out);
             assert_eq!(asm.open_connections(), 0);
             assert_eq!(asm.buffered(), 0);
+            let c = asm.counters();
+            seen.requests += c.requests;
+            seen.unparseable += c.unparseable;
+            seen.desynced += c.desynced;
+            seen.evicted += c.evicted;
+            seen.orphan_events += c.orphan_events;
+        }
+        // The generator must reach every way of giving up, or the test proves little.
+        for (name, n) in [
+            ("requests", seen.requests),
+            ("unparseable", seen.unparseable),
+            ("desynced", seen.desynced),
+            ("evicted", seen.evicted),
+            ("orphan_events", seen.orphan_events),
+        ] {
+            assert!(n > 0, "no {name} in any run: {seen:?}");
         }
     }
 
