@@ -1,6 +1,7 @@
 //! Everything that touches the kernel: loading and attaching the BPF programs, the watched-process table,
 //! draining the ring buffer and reading the drop counters. The only module that imports `aya`.
 
+pub mod http;
 pub mod procs;
 
 use std::{io, path::Path};
