@@ -184,21 +184,21 @@ pub(crate) mod test_support {
         Request {
             ts_us: 1_795_449_401_123_456 + i64::from(i) * 1_000,
             duration_ns: 1_500_000 + u64::from(i),
-            method: if i % 2 == 0 { "GET" } else { "POST" }.to_owned(),
+            method: if i.is_multiple_of(2) { "GET" } else { "POST" }.to_owned(),
             path: format!("/item/{i}"),
-            query: (i % 3 == 0).then(|| format!("q={i}")),
+            query: i.is_multiple_of(3).then(|| format!("q={i}")),
             http_version: "HTTP/1.1".to_owned(),
             status: 200 + (i % 5) as u16,
             bytes_in: 100 + u64::from(i),
             bytes_out: 2_000 + u64::from(i),
-            remote_ip: (i % 4 != 0).then(|| format!("10.0.0.{}", i % 250)),
+            remote_ip: (!i.is_multiple_of(4)).then(|| format!("10.0.0.{}", i % 250)),
             worker_pid: 4_000 + i % 3,
             tid: 5_000 + i,
             host: Some("localhost:8000".to_owned()),
             user_agent: (i % 2 == 1).then(|| "curl/8.5.0".to_owned()),
             head: format!("GET /item/{i} HTTP/1.1\r\n").into_bytes(),
-            endpoint: (i % 2 == 0).then(|| "item".to_owned()),
-            rule: (i % 2 == 0).then(|| "/item/<int:id>".to_owned()),
+            endpoint: i.is_multiple_of(2).then(|| "item".to_owned()),
+            rule: i.is_multiple_of(2).then(|| "/item/<int:id>".to_owned()),
         }
     }
 }
