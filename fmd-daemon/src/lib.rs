@@ -2,4 +2,7 @@
 //! stores them in DuckDB and serves them (JSON API, CLI queries). See ARCHITECTURE.md for the map.
 
 pub mod capture;
+pub mod cli;
+pub mod api;
 pub mod request;
+pub mod store;

@@ -1,0 +1,63 @@
+//! The daemon's HTTP API: JSON under `/api/` over what `store` holds. Reads `store` only; never calls into
+//! `capture`.
+
+mod error;
+mod requests;
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::{routing::get, Router};
+use duckdb::Connection;
+use tower_http::trace::TraceLayer;
+
+pub use self::error::Error;
+
+/// What the handlers share: a connection to the daemon's database, cloned per call so calls run in
+/// parallel (DuckDB connections are not `Sync`; `try_clone` is cheap and shares the database).
+#[derive(Clone)]
+pub struct AppState {
+    db: Arc<Mutex<Connection>>,
+}
+
+impl AppState {
+    /// `db` comes from [`crate::store::Store::reader`] (taken before the store moves to the writer).
+    pub fn new(db: Connection) -> Self {
+        Self {
+            db: Arc::new(Mutex::new(db)),
+        }
+    }
+
+    /// Runs `query` on a fresh connection on the blocking pool.
+    async fn query<T, F>(&self, query: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, crate::store::Error> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            // A panic elsewhere cannot leave a connection half-changed: cloning only reads it.
+            let conn = db
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .try_clone();
+            let conn = conn.map_err(|source| crate::store::Error::Sql {
+                what: "open a reader connection",
+                source,
+            })?;
+            query(&conn)
+        })
+        .await
+        .map_err(Error::Task)?
+        .map_err(Error::Store)
+    }
+}
+
+/// The API routes, with a request span on every call. The lead merges the web UI's routes onto it.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/requests", get(requests::requests))
+        .route("/api/stats", get(requests::stats))
+        .route("/api/health", get(requests::health))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,9 @@
+//! Command-line subcommands of fmd-daemon besides running the daemon itself: `query requests` and
+//! `query stats` over a database, whether a daemon is running on it or not.
+
+mod query;
+
+pub use self::query::{
+    run_query, write_requests, write_stats, Format, QueryArgs, QueryCommand, RequestsArgs,
+    DEFAULT_DB,
+};

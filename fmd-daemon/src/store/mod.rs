@@ -1,0 +1,204 @@
+//! Where requests and run counters are kept: a DuckDB file, its schema, the writer thread and the queries
+//! that `api` and `cli` share. The only module that touches DuckDB.
+//!
+//! DuckDB lets one process open a file read-write. The daemon holds it through [`Store::open`] and hands
+//! the connection to [`spawn_writer`]; its API reads through [`Store::reader`] connections cloned from the
+//! same database. Other processes (the CLI) use the daemon's HTTP API while [`DaemonFile`] says it runs,
+//! and [`Store::open_read_only`] otherwise.
+
+mod daemon_file;
+mod requests;
+pub mod schema;
+mod stats;
+pub mod time;
+mod writer;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use duckdb::{AccessMode, Config, Connection};
+
+pub use self::{
+    daemon_file::DaemonFile,
+    requests::{append_requests, requests, RequestFilter, RequestRow},
+    stats::{begin_run, counters, end_run, set_counters, stats, RunInfo, Stats},
+    writer::{spawn_writer, WriterHandle, WriterReport},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no fmd data at {}: start fmd-daemon --pid ... first or pass --db", path.display())]
+    Missing { path: PathBuf },
+    #[error("cannot create the directory {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the fmd database {} (is another fmd-daemon using it?)", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: duckdb::Error,
+    },
+    #[error(
+        "the fmd database has schema version {found} but this fmd knows only up to {known}: it was written by a \
+         newer fmd, use that one (or another --db)"
+    )]
+    TooNew { found: u32, known: u32 },
+    #[error(
+        "the fmd database has schema version {found} but this fmd needs {known}: run fmd-daemon on it once to \
+         upgrade it"
+    )]
+    Outdated { found: u32, known: u32 },
+    #[error("cannot migrate the fmd database to schema version {to}")]
+    Migration {
+        to: u32,
+        #[source]
+        source: duckdb::Error,
+    },
+    #[error("database error: cannot {what}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: duckdb::Error,
+    },
+    #[error("cannot {what} {}", path.display())]
+    DaemonFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a valid daemon file", path.display())]
+    DaemonFileFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{input:?} is neither an RFC 3339 time (like 2026-11-23T15:56:41Z) nor a time ago (like 15m, 2h, 7d)")]
+    BadTime { input: String },
+    #[error("the store writer has stopped")]
+    WriterGone,
+    #[error("the store writer's queue is full")]
+    WriterFull,
+    #[error("cannot start the store writer thread")]
+    WriterSpawn(#[source] io::Error),
+}
+
+/// An open fmd database with its schema checked (and, read-write, migrated).
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating it and its parent directories when missing) the database read-write and migrates it.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let conn = open_connection(path, AccessMode::ReadWrite)?;
+        schema::migrate(&conn)?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens an existing database read-only; it must already have this build's schema version.
+    pub fn open_read_only(path: &Path) -> Result<Self, Error> {
+        if !path.is_file() {
+            return Err(Error::Missing {
+                path: path.to_owned(),
+            });
+        }
+        let conn = open_connection(path, AccessMode::ReadOnly)?;
+        let found = schema::version(&conn)?;
+        match found.cmp(&schema::VERSION) {
+            std::cmp::Ordering::Greater => {
+                return Err(Error::TooNew {
+                    found,
+                    known: schema::VERSION,
+                })
+            }
+            std::cmp::Ordering::Less => {
+                return Err(Error::Outdated {
+                    found,
+                    known: schema::VERSION,
+                })
+            }
+            std::cmp::Ordering::Equal => {}
+        }
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// A new connection to the same database, for readers in this process (the API) while the writer
+    /// thread owns `self`.
+    pub fn reader(&self) -> Result<Connection, Error> {
+        self.conn.try_clone().map_err(|source| Error::Sql {
+            what: "open a reader connection",
+            source,
+        })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open_connection(path: &Path, mode: AccessMode) -> Result<Connection, Error> {
+    let open = || {
+        // No extension downloads: the daemon runs offline and needs none.
+        let config = Config::default()
+            .access_mode(mode)?
+            .enable_autoload_extension(false)?;
+        Connection::open_with_flags(path, config)
+    };
+    open().map_err(|source| Error::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Request fixtures shared by the store, api and cli tests.
+
+    use crate::request::Request;
+
+    /// A request with every field set and distinct per `i`, `ts_us` one millisecond apart from a fixed base.
+    pub fn request(i: u32) -> Request {
+        Request {
+            ts_us: 1_795_449_401_123_456 + i64::from(i) * 1_000,
+            duration_ns: 1_500_000 + u64::from(i),
+            method: if i.is_multiple_of(2) { "GET" } else { "POST" }.to_owned(),
+            path: format!("/item/{i}"),
+            query: i.is_multiple_of(3).then(|| format!("q={i}")),
+            http_version: "HTTP/1.1".to_owned(),
+            status: 200 + (i % 5) as u16,
+            bytes_in: 100 + u64::from(i),
+            bytes_out: 2_000 + u64::from(i),
+            remote_ip: (!i.is_multiple_of(4)).then(|| format!("10.0.0.{}", i % 250)),
+            worker_pid: 4_000 + i % 3,
+            tid: 5_000 + i,
+            host: Some("localhost:8000".to_owned()),
+            user_agent: (i % 2 == 1).then(|| "curl/8.5.0".to_owned()),
+            head: format!("GET /item/{i} HTTP/1.1\r\n").into_bytes(),
+            endpoint: i.is_multiple_of(2).then(|| "item".to_owned()),
+            rule: i.is_multiple_of(2).then(|| "/item/<int:id>".to_owned()),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The one thread that writes to DuckDB: it owns the read-write connection, batches requests from an
+//! mpsc into appender transactions at least once a second, and keeps (bounded) what it could not write
+//! yet, so a slow or full disk costs rows only after a long outage and never blocks or crashes capture.
+
+use std::{
+    collections::BTreeMap,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    append_requests,
+    requests::next_request_id,
+    stats::{begin_run, end_run, names, set_counters, RunInfo},
+    time::now_us,
+    Error, Store,
+};
+use crate::request::Request;
+
+/// Longest time a received request waits before it is written.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Pending requests that trigger a write before the interval is up.
+const BATCH_ROWS: usize = 4_096;
+/// Requests kept for retry while writes fail (about a minute at a busy site's rate); the oldest beyond
+/// this are dropped and counted.
+const MAX_PENDING: usize = 200_000;
+/// Messages queued for the writer before `try_insert` reports it full.
+const QUEUE: usize = 1_024;
+/// Tries of the last write when stopping, and the pause between them.
+const STOP_ATTEMPTS: u32 = 3;
+const STOP_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+enum Message {
+    Insert(Vec<Request>),
+    Counters(Vec<(String, i64)>),
+    Flush(oneshot::Sender<Result<(), Error>>),
+    Stop(oneshot::Sender<WriterReport>),
+}
+
+/// What the writer did over its life; returned by [`WriterHandle::stop`] and by its thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterReport {
+    pub run_id: i64,
+    pub rows_written: u64,
+    pub write_errors: u64,
+    /// Dropped because writes kept failing and [`MAX_PENDING`] was reached.
+    pub rows_dropped: u64,
+    /// Still unwritten when the writer stopped (the last writes failed).
+    pub rows_unwritten: u64,
+}
+
+/// The sending side of the writer; clone it freely. Dropping every handle stops the writer like
+/// [`WriterHandle::stop`], without the acknowledgement.
+#[derive(Clone, Debug)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Message>,
+    run_id: i64,
+}
+
+impl WriterHandle {
+    /// The id of the run this writer records (in `daemon_runs`).
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    /// Queues requests, waiting while the queue is full.
+    pub async fn insert(&self, batch: Vec<Request>) -> Result<(), Error> {
+        self.tx
+            .send(Message::Insert(batch))
+            .await
+            .map_err(|_| Error::WriterGone)
+    }
+
+    /// Queues requests without waiting: [`Error::WriterFull`] when the queue is full (the caller counts
+    /// the loss), so a capture loop is never held up by the disk.
+    pub fn try_insert(&self, batch: Vec<Request>) -> Result<(), Error> {
+        self.tx
+            .try_send(Message::Insert(batch))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => Error::WriterFull,
+                mpsc::error::TrySendError::Closed(_) => Error::WriterGone,
+            })
+    }
+
+    /// Sets this run's running totals for the named counters (see [`names`]); written with the next batch.
+    pub async fn set_counters(&self, values: Vec<(String, i64)>) -> Result<(), Error> {
+        self.tx
+            .send(Message::Counters(values))
+            .await
+            .map_err(|_| Error::WriterGone)
+    }
+
+    /// Writes everything queued before this call; the error is the write's when it failed (the rows are
+    /// kept and retried).
+    pub async fn flush(&self) -> Result<(), Error> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Message::Flush(ack))
+            .await
+            .map_err(|_| Error::WriterGone)?;
+        done.await.map_err(|_| Error::WriterGone)?
+    }
+
+    /// Writes everything queued before this call, records the end of the run and stops the thread.
+    pub async fn stop(self) -> Result<WriterReport, Error> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Message::Stop(ack))
+            .await
+            .map_err(|_| Error::WriterGone)?;
+        done.await.map_err(|_| Error::WriterGone)
+    }
+}
+
+/// Records a new run in `store` and starts the writer thread on it. Take any [`Store::reader`]
+/// connections the API needs before calling this.
+pub fn spawn_writer(
+    store: Store,
+    run: RunInfo,
+) -> Result<(WriterHandle, JoinHandle<WriterReport>), Error> {
+    let run_id = begin_run(store.connection(), &run)?;
+    let next_id = next_request_id(store.connection())?;
+    // A private current-thread runtime gives the blocking thread a receive with a timeout.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(Error::WriterSpawn)?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let writer = Writer {
+        store,
+        next_id,
+        pending: Vec::new(),
+        counters: BTreeMap::new(),
+        counters_dirty: false,
+        report: WriterReport {
+            run_id,
+            ..WriterReport::default()
+        },
+    };
+    let thread = std::thread::Builder::new()
+        .name("fmd-store".into())
+        .spawn(move || writer.run(&runtime, rx))
+        .map_err(Error::WriterSpawn)?;
+    Ok((WriterHandle { tx, run_id }, thread))
+}
+
+struct Writer {
+    store: Store,
+    next_id: i64,
+    pending: Vec<Request>,
+    counters: BTreeMap<String, i64>,
+    counters_dirty: bool,
+    report: WriterReport,
+}
+
+impl Writer {
+    fn run(
+        mut self,
+        runtime: &tokio::runtime::Runtime,
+        mut rx: mpsc::Receiver<Message>,
+    ) -> WriterReport {
+        let span = tracing::info_span!("store_writer", run_id = self.report.run_id);
+        let _enter = span.enter();
+        let mut last_write = Instant::now();
+        loop {
+            let deadline = tokio::time::Instant::from_std(last_write + FLUSH_INTERVAL);
+            let message =
+                runtime.block_on(async { tokio::time::timeout_at(deadline, rx.recv()).await });
+            match message {
+                Ok(Some(Message::Insert(batch))) => {
+                    self.pending.extend(batch);
+                    self.bound_pending();
+                }
+                Ok(Some(Message::Counters(values))) => {
+                    self.counters.extend(values);
+                    self.counters_dirty = true;
+                }
+                Ok(Some(Message::Flush(ack))) => {
+                    // The requester may have gone away; nothing to do about it.
+                    let _ = ack.send(self.write());
+                    last_write = Instant::now();
+                    continue;
+                }
+                Ok(Some(Message::Stop(ack))) => {
+                    let report = self.finish();
+                    let _ = ack.send(report);
+                    return report;
+                }
+                Ok(None) => return self.finish(),
+                Err(_timeout) => {}
+            }
+            // Checked after every message too: under a steady stream the timeout never fires.
+            if self.pending.len() >= BATCH_ROWS || Instant::now() >= last_write + FLUSH_INTERVAL {
+                // A failure is logged and counted in write(); the rows stay pending for the next tick.
+                let _ = self.write();
+                last_write = Instant::now();
+            }
+        }
+    }
+
+    /// Writes pending requests and changed counters.
+    fn write(&mut self) -> Result<(), Error> {
+        let conn = self.store.connection();
+        if !self.pending.is_empty() {
+            let _span = tracing::debug_span!("flush", rows = self.pending.len()).entered();
+            if let Err(e) = append_requests(conn, self.report.run_id, self.next_id, &self.pending) {
+                return Err(self.failed(e));
+            }
+            let rows = self.pending.len();
+            self.next_id += rows as i64;
+            self.report.rows_written += rows as u64;
+            self.pending.clear();
+        }
+        if self.counters_dirty {
+            let values = self.counters.iter().map(|(k, v)| (k.as_str(), *v));
+            if let Err(e) = set_counters(conn, self.report.run_id, values) {
+                return Err(self.failed(e));
+            }
+            self.counters_dirty = false;
+        }
+        Ok(())
+    }
+
+    fn failed(&mut self, error: Error) -> Error {
+        self.report.write_errors += 1;
+        self.set_own_counter(names::STORE_WRITE_ERRORS, self.report.write_errors);
+        tracing::warn!(
+            error = %error_chain(&error),
+            pending = self.pending.len(),
+            "cannot write to the fmd database; keeping the rows to retry"
+        );
+        error
+    }
+
+    /// Drops the oldest pending requests beyond [`MAX_PENDING`].
+    fn bound_pending(&mut self) {
+        let excess = self.pending.len().saturating_sub(MAX_PENDING);
+        if excess > 0 {
+            self.pending.drain(..excess);
+            self.report.rows_dropped += excess as u64;
+            self.set_own_counter(names::STORE_ROWS_DROPPED, self.report.rows_dropped);
+            tracing::warn!(
+                dropped = excess,
+                "the fmd database stays unwritable; dropping the oldest requests"
+            );
+        }
+    }
+
+    fn set_own_counter(&mut self, name: &str, value: u64) {
+        self.counters
+            .insert(name.to_owned(), i64::try_from(value).unwrap_or(i64::MAX));
+        self.counters_dirty = true;
+    }
+
+    /// The last writes on stop: retried a little, then the run's end is recorded and the WAL checkpointed
+    /// so readers opening the file find everything in it.
+    fn finish(mut self) -> WriterReport {
+        for attempt in 1..=STOP_ATTEMPTS {
+            if self.write().is_ok() {
+                break;
+            }
+            if attempt < STOP_ATTEMPTS {
+                std::thread::sleep(STOP_RETRY_PAUSE);
+            }
+        }
+        self.report.rows_unwritten = self.pending.len() as u64;
+        if self.report.rows_unwritten > 0 {
+            tracing::error!(
+                rows = self.report.rows_unwritten,
+                "stopping with requests the database did not take"
+            );
+        }
+        let conn = self.store.connection();
+        if let Err(e) = end_run(conn, self.report.run_id, now_us()) {
+            tracing::warn!(error = %error_chain(&e), "cannot record the end of the run");
+        }
+        if let Err(e) = conn.execute_batch("CHECKPOINT") {
+            tracing::warn!(error = %e, "cannot checkpoint the fmd database");
+        }
+        tracing::info!(rows = self.report.rows_written, "store writer stopped");
+        self.report
+    }
+}
+
+/// `error: cause: cause` for a log line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{counters, requests, test_support::request, RequestFilter};
+
+    fn run_info() -> RunInfo {
+        RunInfo {
+            target_pid: 1234,
+            version: "0.0.0".into(),
+            started_at: now_us(),
+        }
+    }
+
+    fn ids(conn: &duckdb::Connection) -> Vec<i64> {
+        requests(conn, &RequestFilter::default())
+            .expect("read")
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn stop_writes_everything_and_ends_the_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fmd.duckdb");
+        let (handle, thread) =
+            spawn_writer(Store::open(&path).expect("open"), run_info()).expect("spawn");
+        for chunk in (0..100).collect::<Vec<_>>().chunks(7) {
+            handle
+                .insert(chunk.iter().copied().map(request).collect())
+                .await
+                .expect("insert");
+        }
+        handle
+            .set_counters(vec![
+                ("events_received".into(), 5),
+                ("events_lost".into(), 1),
+            ])
+            .await
+            .expect("set");
+        handle
+            .set_counters(vec![("events_received".into(), 9)])
+            .await
+            .expect("set");
+        let report = handle.stop().await.expect("stop");
+        assert_eq!(thread.join().expect("join"), report);
+        assert_eq!(
+            (report.run_id, report.rows_written, report.rows_unwritten),
+            (1, 100, 0)
+        );
+
+        let store = Store::open_read_only(&path).expect("reopen");
+        let rows = requests(store.connection(), &RequestFilter::default()).expect("read");
+        assert_eq!(rows.len(), 100);
+        assert!(rows
+            .iter()
+            .zip(0..)
+            .all(|(row, i)| row.path == request(i).path && row.id == i64::from(i) + 1));
+        let counters = counters(store.connection(), 1).expect("counters");
+        assert_eq!(
+            (counters.get("events_received"), counters.get("events_lost")),
+            (Some(&9), Some(&1))
+        );
+        let stopped: Option<i64> = store
+            .connection()
+            .query_row(
+                "SELECT epoch_us(stopped_at) FROM daemon_runs WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .expect("run");
+        assert!(stopped.is_some());
+    }
+
+    #[tokio::test]
+    async fn second_run_continues_ids() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fmd.duckdb");
+        for run in 1..=2 {
+            let (handle, _thread) =
+                spawn_writer(Store::open(&path).expect("open"), run_info()).expect("spawn");
+            assert_eq!(handle.run_id(), run);
+            handle
+                .insert((0..3).map(request).collect())
+                .await
+                .expect("insert");
+            handle.stop().await.expect("stop");
+        }
+        let store = Store::open_read_only(&path).expect("reopen");
+        assert_eq!(ids(store.connection()), [1, 4, 2, 5, 3, 6]);
+    }
+
+    #[tokio::test]
+    async fn rows_become_visible_within_the_flush_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("fmd.duckdb")).expect("open");
+        let reader = store.reader().expect("reader");
+        let (handle, _thread) = spawn_writer(store, run_info()).expect("spawn");
+        handle.insert(vec![request(0)]).await.expect("insert");
+        tokio::time::sleep(FLUSH_INTERVAL + Duration::from_millis(500)).await;
+        assert_eq!(ids(&reader), [1]);
+        handle.insert(vec![request(1)]).await.expect("insert");
+        handle.flush().await.expect("flush");
+        assert_eq!(ids(&reader), [1, 2]);
+        drop(handle);
+    }
+
+    #[tokio::test]
+    async fn failed_writes_are_counted_and_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fmd.duckdb");
+        let store = Store::open(&path).expect("open");
+        let reader = store.reader().expect("reader");
+        let (handle, thread) = spawn_writer(store, run_info()).expect("spawn");
+        // Take the writer's next id so its appends fail, as a full disk would make them.
+        append_requests(&reader, 99, 1, &[request(50)]).expect("squat");
+        handle
+            .insert((0..5).map(request).collect())
+            .await
+            .expect("insert");
+        assert!(handle.flush().await.is_err());
+        handle
+            .try_insert((5..8).map(request).collect())
+            .expect("try_insert");
+        assert!(handle.flush().await.is_err());
+        reader
+            .execute_batch("DELETE FROM requests WHERE run_id = 99")
+            .expect("unsquat");
+        handle.flush().await.expect("retry");
+        assert_eq!(ids(&reader), (1..=8).collect::<Vec<_>>());
+        let report = handle.stop().await.expect("stop");
+        assert_eq!(
+            (
+                report.rows_written,
+                report.write_errors,
+                report.rows_dropped
+            ),
+            (8, 2, 0)
+        );
+        drop(thread);
+        assert_eq!(
+            counters(&reader, 1)
+                .expect("counters")
+                .get(names::STORE_WRITE_ERRORS),
+            Some(&2)
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_every_handle_still_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("fmd.duckdb");
+        let (handle, thread) =
+            spawn_writer(Store::open(&path).expect("open"), run_info()).expect("spawn");
+        handle
+            .insert((0..3).map(request).collect())
+            .await
+            .expect("insert");
+        drop(handle);
+        let report = tokio::task::spawn_blocking(move || thread.join().expect("join"))
+            .await
+            .expect("task");
+        assert_eq!(report.rows_written, 3);
+        assert_eq!(
+            ids(Store::open_read_only(&path).expect("reopen").connection()),
+            [1, 2, 3]
+        );
+    }
+}
