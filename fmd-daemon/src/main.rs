@@ -1,17 +1,123 @@
-fn main() {
-    let pid: u32 = std::env::args().nth(1).unwrap().parse().unwrap();
-    let mut c = match fmd_daemon::capture::Capture::load() { Ok(c) => c, Err(e) => { eprintln!("{e}"); let mut s: &dyn std::error::Error = &e; while let Some(x) = s.source() { eprintln!("  {x}"); s = x; } return; } };
-    let t = fmd_daemon::capture::procs::resolve(pid).unwrap();
-    eprintln!("{t:?}");
-    match &t { fmd_daemon::capture::procs::Target::Master{pid, workers} => { c.watch(*pid, 1).unwrap(); for w in workers { c.watch(*w, 2).unwrap(); } } fmd_daemon::capture::procs::Target::Worker{pid} => c.watch(*pid, 2).unwrap() }
-    let mut rb = c.take_events().unwrap();
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(8);
-    while std::time::Instant::now() < end {
-        while let Some(item) = rb.next() {
-            let (h, p) = fmd_common::http::EventHeader::parse(&item).unwrap();
-            eprintln!("{} tgid={} tid={} fd={} len={} copied={} conn={} {:?}", h.kind, h.tgid, h.tid, h.fd, h.len, h.copied, h.conn_ts, String::from_utf8_lossy(&p[..p.len().min(80)]));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+//! `fmd-daemon`: attach to a gunicorn app (`--pid`) and record its requests, or query what was recorded.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fmd_daemon::{cli, config::Config, daemon};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "fmd-daemon",
+    version,
+    about = "Zero-instrumentation performance monitor for Flask apps under gunicorn",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print what was recorded (works while the daemon runs and after it stopped).
+    Query(cli::QueryArgs),
+    /// Check that fmd's BPF programs load and attach on this machine, then exit.
+    Check,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// PID of the gunicorn master (watches all its workers, present and future) or of one worker.
+    #[arg(long, env = "FMD_PID")]
+    pid: Option<u32>,
+    /// DuckDB file to store requests in [default: /var/lib/fmd/fmd.duckdb].
+    #[arg(long, env = "FMD_DB")]
+    db: Option<PathBuf>,
+    /// Address of the dashboard, JSON API and metrics [default: 127.0.0.1:9876].
+    #[arg(long, env = "FMD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TOML configuration file [default: /etc/fmd/fmd.toml, if present].
+    #[arg(long, env = "FMD_CONFIG")]
+    config: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "FMD_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    let default = match verbose {
+        0 => "info",
+        1 => "fmd_daemon=debug,info",
+        _ => "fmd_daemon=trace,debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
-    eprintln!("{:?}", c.counters());
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Query(args)) => cli::run_query(args),
+        Some(Command::Check) => {
+            init_logging(cli.run.verbose, cli.run.log_format);
+            check()
+        }
+        None => {
+            init_logging(cli.run.verbose, cli.run.log_format);
+            run(cli.run)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fmd-daemon: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check() -> anyhow::Result<()> {
+    let capture = fmd_daemon::capture::Capture::load()?;
+    drop(capture);
+    #[expect(clippy::print_stdout, reason = "CLI output")]
+    {
+        println!("ok: fmd's BPF programs load and attach on this machine");
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let Some(pid) = args.pid else {
+        anyhow::bail!("pass --pid <PID of the gunicorn master or of a worker>, or a subcommand (see --help)");
+    };
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(db) = args.db {
+        config.db = db;
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(daemon::run(Arc::new(config), pid))
 }
