@@ -229,8 +229,11 @@ impl Parser {
     }
 }
 
+/// Converter arguments: `(source text or keyword, value)`.
+type Args = Vec<(String, Arg)>;
+
 /// Parses converter arguments into positional and keyword values (`parse_converter_args`).
-fn parse_args(parser: &Parser, argstr: &str) -> Option<(Vec<(String, Arg)>, Vec<(String, Arg)>)> {
+fn parse_args(parser: &Parser, argstr: &str) -> Option<(Args, Args)> {
     let argstr = format!("{argstr},");
     let mut args = Vec::new();
     let mut kwargs = Vec::new();
@@ -285,8 +288,8 @@ fn pythonize(value: &str) -> Arg {
 /// Binds positional and keyword arguments to a converter's parameter names, as a Python call would.
 fn bind_args(
     names: &[&'static str],
-    args: Vec<(String, Arg)>,
-    kwargs: Vec<(String, Arg)>,
+    args: Args,
+    kwargs: Args,
 ) -> Result<HashMap<&'static str, Arg>, &'static str> {
     if args.len() > names.len() {
         return Err("too many positional arguments");
