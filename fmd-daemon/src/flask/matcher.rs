@@ -866,6 +866,7 @@ impl Matcher {
     pub fn route(&self, method: &str, path: &str, host: Option<&str>) -> Match {
         let method = method.to_ascii_uppercase();
         let raw = path.split_once('?').map_or(path, |(p, _)| p);
+        let raw = strip_absolute_form(raw);
         // gunicorn unquotes PATH_INFO to bytes and Werkzeug decodes them as UTF-8 with replacement.
         let decoded = percent_decode_str(raw).decode_utf8_lossy();
         // MapAdapter.match: `f"/{path_info.lstrip('/')}" if path_info else ""`.
@@ -1028,6 +1029,21 @@ impl Matcher {
         }
         Walk::Miss
     }
+}
+
+/// An absolute-form request target (`GET http://host/path`, sent to proxies) reaches Flask as its path
+/// only: gunicorn splits it off.
+fn strip_absolute_form(target: &str) -> &str {
+    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
+    let scheme_len = if lower(7).as_deref() == Some("http://") {
+        7
+    } else if lower(8).as_deref() == Some("https://") {
+        8
+    } else {
+        return target;
+    };
+    let rest = target.get(scheme_len..).unwrap_or("");
+    rest.find('/').and_then(|i| rest.get(i..)).unwrap_or("")
 }
 
 fn not_found(allowed: BTreeSet<String>) -> Match {
@@ -1416,6 +1432,9 @@ mod tests {
                 ("GET", "/sp/%C3%A9t%C3%A9", "sp"),
                 ("GET", "/sp/%FF", "sp"),
                 ("GET", "/a/b?q=1", "ab"),
+                ("GET", "http://example.com/a/b", "ab"),
+                ("GET", "HTTPS://example.com:8443/a/b?x", "ab"),
+                ("GET", "http://example.com", "404"),
             ],
         );
         let no_merge = MapOptions {
