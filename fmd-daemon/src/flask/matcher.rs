@@ -15,6 +15,20 @@
 //!   check is a 404, not a fall-through to the next rule.
 //! - With `merge_slashes`, a path that did not match is retried with runs of `/` merged; a hit there is a
 //!   redirect to the merged path.
+//!
+//! The path is percent-decoded first (gunicorn unquotes PATH_INFO, Werkzeug decodes it as UTF-8 with
+//! replacement), so `%2F` separates segments as it does in Flask. `tests/fixtures/werkzeug_match.json`
+//! holds thousands of requests answered by Werkzeug itself; the `werkzeug_differential` test replays them.
+//!
+//! Not modelled, because `RouteInfo`/`MapOptions` do not carry it or fmd cannot see it:
+//! - subdomain matching (`Flask(subdomain_matching=True)` with `SERVER_NAME`): the domain is always the
+//!   default subdomain, as in a default Flask app, so rules on other subdomains never match;
+//! - user converters' own regexes and `to_python` checks: they match like `default` (counted, see
+//!   `Matcher::unknown_converters`);
+//! - `Rule(defaults=...)` redirects (`redirect_defaults`), `redirect_to`, websocket rules, per-rule
+//!   `merge_slashes`;
+//! - non-ASCII hosts (Werkzeug compares their IDNA form) and `:443` (only `:80` is stripped from `Host`);
+//! - `int`/`float` bounds checked on non-ASCII digits (Python reads them; here they fail the check).
 
 use std::{
     borrow::Cow,
