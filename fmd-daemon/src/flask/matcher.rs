@@ -874,6 +874,11 @@ impl Matcher {
         &self.unknown_converters
     }
 
+    /// How many rules were compiled.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
     /// Matches a request as Werkzeug would. `path` is the request target's path as sent (percent-encoded,
     /// no query); `host` the `Host` header, used only with host matching (without it, Flask matches every
     /// request against the default subdomain, and so does this).
@@ -1538,6 +1543,12 @@ mod tests {
     }
 
     #[test]
+    fn matcher_is_shareable_across_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Matcher>();
+    }
+
+    #[test]
     fn attribution_only_for_views() {
         let m = Matcher::new(&routes(&["/a/ a"]), MapOptions::default()).expect("rules compile");
         assert_eq!(
@@ -1582,6 +1593,7 @@ mod tests {
             );
         }
         assert_eq!(short(&m.route("GET", "/svc250/items", None)), "404");
+        assert_eq!(m.rule_count(), 1_000);
     }
 
     #[derive(Deserialize)]
