@@ -1,0 +1,25 @@
+//! Flask knowledge that turns a raw request into "which view served it": the app's route table matched
+//! with Werkzeug's rules (`matcher`), or, when no table can be read, bounded path templates (`templates`).
+
+use serde::{Deserialize, Serialize};
+
+pub mod matcher;
+pub mod templates;
+
+/// One rule of a Flask app's `url_map`, as read from the running app (`app.url_map.iter_rules()`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// The rule template, e.g. `/user/<int:id>`.
+    pub rule: String,
+    /// The endpoint name, e.g. `users.show` for a blueprint view.
+    pub endpoint: String,
+    /// `rule.methods`; Flask already includes `HEAD` and `OPTIONS` there. Empty means "any method"
+    /// (a Werkzeug rule with `methods=None`).
+    pub methods: Vec<String>,
+    /// `rule.strict_slashes` as resolved when the rule was bound to the map.
+    pub strict_slashes: bool,
+    /// `rule.host`, used when the map does host matching.
+    pub host: Option<String>,
+    /// `rule.subdomain`; `None` means the map's default subdomain.
+    pub subdomain: Option<String>,
+}
