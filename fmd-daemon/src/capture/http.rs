@@ -2390,7 +2390,7 @@ mod tests {
 
     #[test]
     fn random_splits_of_valid_traffic() {
-        // (request, response, method, status, request bytes, response bytes)
+        // (request bytes, response bytes, method, status)
         let post = cat(&[POST_10, "0123456789"]);
         let chunked_post = cat(&[
             POST_CHUNKED,
