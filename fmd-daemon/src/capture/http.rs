@@ -456,6 +456,9 @@ struct Conn {
     tx: Tx,
     /// Parsed requests in arrival order; the front one owns the response being written.
     exchanges: VecDeque<Exchange>,
+    /// A request answered before its body was read (gunicorn rejects a `POST` with 405, then drains
+    /// the body): emitted once the body is read, so that `bytes_in` counts all of it.
+    draining: Option<Exchange>,
 }
 
 /// Where the request stream is.
@@ -510,6 +513,7 @@ impl Conn {
             rx: Rx::Idle,
             tx: Tx::Idle,
             exchanges: VecDeque::new(),
+            draining: None,
         }
     }
 
@@ -523,7 +527,12 @@ impl Conn {
             Tx::Head { buf } => buf.capacity(),
             _ => 0,
         };
-        let kept: usize = self.exchanges.iter().map(|e| e.req.head.capacity()).sum();
+        let kept: usize = self
+            .exchanges
+            .iter()
+            .chain(&self.draining)
+            .map(|e| e.req.head.capacity())
+            .sum();
         rx + tx + kept
     }
 
@@ -605,7 +614,7 @@ impl Conn {
                         match framing.skip(gap) {
                             Ok((n, done)) => {
                                 gap -= n;
-                                if let Some(ex) = self.exchanges.back_mut().filter(|e| e.reading) {
+                                if let Some(ex) = self.reader() {
                                     ex.req.bytes_in += n;
                                 }
                                 done
@@ -617,7 +626,7 @@ impl Conn {
                             Ok((n, done)) => {
                                 let (body, rest) = data.split_at(n.min(data.len()));
                                 data = rest;
-                                if let Some(ex) = self.exchanges.back_mut().filter(|e| e.reading) {
+                                if let Some(ex) = self.reader() {
                                     ex.req.bytes_in += body.len() as u64;
                                     let room =
                                         ctx.limits.keep_head.saturating_sub(ex.req.head.len());
@@ -639,12 +648,35 @@ impl Conn {
                     };
                     if done {
                         self.rx = Rx::Idle;
-                        if let Some(ex) = self.exchanges.back_mut() {
+                        if let Some(ex) = self.draining.take() {
+                            let end = ex.last_write_ts;
+                            ctx.emit(ex, end);
+                        } else if let Some(ex) = self.exchanges.back_mut() {
                             ex.reading = false;
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// The exchange whose request body is being read, if it is followed.
+    fn reader(&mut self) -> Option<&mut Exchange> {
+        match self.draining.as_mut() {
+            Some(ex) => Some(ex),
+            None => self.exchanges.back_mut().filter(|e| e.reading),
+        }
+    }
+
+    /// The front exchange's response is complete at `ts`.
+    fn answered(&mut self, ctx: &mut Ctx<'_>, ts: u64) {
+        let Some(ex) = self.exchanges.pop_front() else {
+            return;
+        };
+        if ex.reading {
+            self.draining = Some(ex);
+        } else {
+            ctx.emit(ex, ts);
         }
     }
 
@@ -779,9 +811,7 @@ impl Conn {
                                     };
                                     if matches!(framing, Framing::Length(0)) {
                                         self.tx = Tx::Idle;
-                                        if let Some(ex) = self.exchanges.pop_front() {
-                                            ctx.emit(ex, ts);
-                                        }
+                                        self.answered(ctx, ts);
                                     } else {
                                         self.tx = Tx::Body(framing);
                                     }
@@ -824,9 +854,7 @@ impl Conn {
                     }
                     if done {
                         self.tx = Tx::Idle;
-                        if let Some(ex) = self.exchanges.pop_front() {
-                            ctx.emit(ex, ts);
-                        }
+                        self.answered(ctx, ts);
                     }
                 }
             }
@@ -837,6 +865,10 @@ impl Conn {
     /// parsed get their responses; a lost response stream cannot be matched to requests any more.
     fn lose(&mut self, err: Error, ctx: &mut Ctx<'_>) {
         ctx.lost(&err);
+        if let Some(ex) = self.draining.take() {
+            let end = ex.last_write_ts;
+            ctx.emit(ex, end);
+        }
         self.rx = Rx::Lost;
         if err.side() == Side::Response {
             self.tx = Tx::Lost;
@@ -856,6 +888,10 @@ impl Conn {
             Flush::Ended(ts) => ts,
             Flush::Idle | Flush::Shutdown => self.last_ts,
         };
+        if let Some(ex) = self.draining.take() {
+            let end = ex.last_write_ts;
+            ctx.emit(ex, end);
+        }
         while let Some(ex) = self.exchanges.pop_front() {
             if ex.responded {
                 // The response had begun: it ended with its last write (the only right end for a response
@@ -1784,6 +1820,65 @@ mod tests {
     }
 
     #[test]
+    fn answered_before_the_body_is_read() {
+        // As gunicorn does for a POST to a GET-only route: 405 first, then it drains the body; the request
+        // is emitted once its body is read, ending at its response.
+        let body = "a".repeat(100);
+        check(
+            &[
+                accept(4, 1, unix()),
+                read(
+                    4,
+                    10,
+                    format!(
+                        "POST /r HTTP/1.1\r\nContent-Length: 100\r\n\r\n{}",
+                        &body[..30]
+                    ),
+                ),
+                write(4, 11, NOT_FOUND),
+                read(4, 12, &body[30..60]),
+                read(4, 13, format!("{}{GET_A}", &body[60..])),
+                write(4, 14, OK),
+            ],
+            "POST /r HTTP/1.1 404 in=141 out=48 @10 +1 ip=-
+             GET /a HTTP/1.1 200 in=28 out=40 @13 +1 ip=-
+             open=1 requests=2",
+        );
+        // The connection ends before the body is read: emitted then, still ending at its response.
+        check(
+            &[
+                accept(4, 1, unix()),
+                read(
+                    4,
+                    10,
+                    format!(
+                        "POST /r HTTP/1.1\r\nContent-Length: 100\r\n\r\n{}",
+                        &body[..30]
+                    ),
+                ),
+                write(4, 11, NOT_FOUND),
+                close(4, 20),
+            ],
+            "POST /r HTTP/1.1 404 in=71 out=48 @10 +1 ip=-
+             open=0 requests=1",
+        );
+        // The next head straddles the copied prefix (seen with 10 kB POSTs to gunicorn): lost, not guessed.
+        let tail = "a".repeat(4096 - 10);
+        check(
+            &[
+                accept(4, 1, unix()),
+                read(4, 10, "POST /r HTTP/1.1\r\nContent-Length: 4086\r\n\r\n"),
+                write(4, 11, NOT_FOUND),
+                read_cut(4, 12, format!("{tail}{GET_A}{}", "z".repeat(4000)), 4096),
+                write(4, 13, OK),
+                close(4, 20),
+            ],
+            "POST /r HTTP/1.1 404 in=4128 out=48 @10 +1 ip=-
+             open=0 requests=1 desynced=1",
+        );
+    }
+
+    #[test]
     fn unanswered_requests_are_aborted() {
         check(
             &[
@@ -2295,7 +2390,7 @@ mod tests {
 
     #[test]
     fn random_splits_of_valid_traffic() {
-        // (request, response, method, status, request bytes, response bytes)
+        // (request bytes, response bytes, method, status)
         let post = cat(&[POST_10, "0123456789"]);
         let chunked_post = cat(&[
             POST_CHUNKED,
