@@ -2,4 +2,5 @@
 //! stores them in DuckDB and serves them (JSON API, CLI queries). See ARCHITECTURE.md for the map.
 
 pub mod capture;
+pub mod python;
 pub mod request;
