@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod flask;
+pub mod python;
 pub mod request;
 pub mod store;

@@ -4,6 +4,7 @@
 mod build;
 mod command;
 mod demo;
+mod offsets;
 mod paths;
 mod python;
 mod setup;
@@ -29,6 +30,12 @@ enum Command {
     Test(test::Args),
     /// Start a sample Flask app under gunicorn, attach the daemon, send traffic and print where to look.
     Demo(demo::Args),
+    /// Regenerate fmd-daemon/src/python/offsets.rs from the pyenv interpreters' headers (needs gcc).
+    GenOffsets {
+        /// pyenv root (default: `pyenv root`).
+        #[arg(long)]
+        pyenv_root: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() {
@@ -38,6 +45,9 @@ fn main() {
         Command::Build => build::release().map(|_| ()),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::GenOffsets { pyenv_root } => {
+            offsets::gen_offsets(pyenv_root, &paths::workspace().join("fmd-daemon/src/python/offsets.rs"))
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,327 @@
+//! The interpreter of a process as fmd sees it: version, layout, `_PyRuntime`, interpreter and thread
+//! states, the kernel tid of each thread state, and `sys.modules`.
+
+use std::{collections::HashMap, fs, sync::Mutex};
+
+use super::{
+    binary::{Binary, Version},
+    layout::{Layout, DEBUG_OFFSETS_COOKIE},
+    memory::{Memory, ProcessMemory},
+    objects::{KnownTypes, Reader},
+    Error,
+};
+
+/// Bounds on the linked lists walked here (a torn list must not loop forever).
+const MAX_INTERPRETERS: usize = 64;
+const MAX_THREADS: usize = 4096;
+
+/// One `PyThreadState`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadState {
+    pub addr: u64,
+    pub interp: u64,
+    /// `thread_id`: the thread's `pthread_t`.
+    pub pthread: u64,
+    /// Kernel tid, when known (`native_thread_id` in 3.11+, else from glibc's `struct pthread`).
+    pub tid: Option<u32>,
+}
+
+/// An attached CPython interpreter (never stopped: every read races with it).
+pub struct Interpreter<M: Memory = ProcessMemory> {
+    pub pid: u32,
+    pub version: Version,
+    pub layout: Layout,
+    /// Address of `_PyRuntime`.
+    pub runtime: u64,
+    pub mem: M,
+    pub types: KnownTypes,
+    pub binary: Binary,
+    /// Offset of `tid` inside glibc's `struct pthread` (3.8-3.10), found once.
+    pthread_tid_offset: Mutex<Option<u64>>,
+}
+
+impl Interpreter<ProcessMemory> {
+    /// Finds and checks the interpreter of `pid`.
+    pub fn attach(pid: u32) -> Result<Self, Error> {
+        let mem = ProcessMemory::new(pid);
+        let binary = Binary::find(pid, &mem)?;
+        Self::with_memory(pid, binary, mem)
+    }
+}
+
+impl<M: Memory> Interpreter<M> {
+    pub fn with_memory(pid: u32, binary: Binary, mem: M) -> Result<Self, Error> {
+        let version = binary.version;
+        let mut layout = *Layout::for_version(version.major, version.minor)?;
+        let runtime = binary.symbol("_PyRuntime").ok_or(Error::MissingSymbol {
+            path: binary.path.clone(),
+            symbol: "_PyRuntime",
+        })?;
+        let types = KnownTypes {
+            by_name: binary.symbols.iter().map(|(k, v)| (*k, *v)).collect(),
+        };
+        if layout.debug_offsets.is_some() {
+            let mismatches = check_debug_offsets(&mem, &layout, runtime)?;
+            for (field, table, process) in &mismatches {
+                tracing::warn!(pid, %version, field, table, process, "_Py_DebugOffsets disagrees with fmd's table; using the process's value");
+            }
+            apply_debug_offsets(&mut layout, &mismatches);
+        }
+        let interp = Self {
+            pid,
+            version,
+            layout,
+            runtime,
+            mem,
+            types,
+            binary,
+            pthread_tid_offset: Mutex::new(None),
+        };
+        if interp.interpreters()?.is_empty() {
+            return Err(Error::NoInterpreter { pid });
+        }
+        Ok(interp)
+    }
+
+    pub fn reader(&self) -> Reader<'_, M> {
+        Reader::new(&self.mem, &self.layout, &self.types)
+    }
+
+    /// Addresses of all `PyInterpreterState`s, main first.
+    pub fn interpreters(&self) -> Result<Vec<u64>, Error> {
+        let mut out = Vec::new();
+        let mut at = self.mem.read_ptr(
+            self.runtime
+                .wrapping_add(self.layout.runtime_interpreters_head),
+        )?;
+        while at != 0 {
+            if out.len() >= MAX_INTERPRETERS || out.contains(&at) {
+                return Err(Error::Invalid {
+                    what: "interpreter list",
+                    addr: self.runtime,
+                });
+            }
+            out.push(at);
+            at = self
+                .mem
+                .read_ptr(at.wrapping_add(self.layout.interp_next))?;
+        }
+        // The main interpreter is the last in the list (new ones are pushed at the head).
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Thread states of the main interpreter, with their kernel tids.
+    pub fn threads(&self) -> Result<Vec<ThreadState>, Error> {
+        let main = *self
+            .interpreters()?
+            .first()
+            .ok_or(Error::NoInterpreter { pid: self.pid })?;
+        self.threads_of(main)
+    }
+
+    pub fn threads_of(&self, interp: u64) -> Result<Vec<ThreadState>, Error> {
+        let l = &self.layout;
+        let mut out: Vec<ThreadState> = Vec::new();
+        let mut at = self
+            .mem
+            .read_ptr(interp.wrapping_add(l.interp_threads_head))?;
+        while at != 0 {
+            if out.len() >= MAX_THREADS || out.iter().any(|t| t.addr == at) {
+                return Err(Error::Invalid {
+                    what: "thread list",
+                    addr: interp,
+                });
+            }
+            let tid = match l.tstate_native_thread_id {
+                Some(off) => u32::try_from(self.mem.read_u64(at.wrapping_add(off))?)
+                    .ok()
+                    .filter(|&t| t != 0),
+                None => None,
+            };
+            out.push(ThreadState {
+                addr: at,
+                interp: self.mem.read_ptr(at.wrapping_add(l.tstate_interp))?,
+                pthread: self.mem.read_u64(at.wrapping_add(l.tstate_thread_id))?,
+                tid,
+            });
+            at = self.mem.read_ptr(at.wrapping_add(l.tstate_next))?;
+        }
+        if l.tstate_native_thread_id.is_none() {
+            self.fill_tids_from_pthread(&mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Kernel tid -> `PyThreadState` address, for the main interpreter.
+    pub fn tid_map(&self) -> Result<HashMap<u32, u64>, Error> {
+        Ok(self
+            .threads()?
+            .into_iter()
+            .filter_map(|t| Some((t.tid?, t.addr)))
+            .collect())
+    }
+
+    /// 3.8-3.10 keep only the `pthread_t`, the address of glibc's `struct pthread`, which holds the kernel tid
+    /// at an offset that depends on the glibc build. Find it once: the offset at which every thread's struct
+    /// holds a live tid of the process, one of them the main thread's (tid == pid).
+    fn fill_tids_from_pthread(&self, threads: &mut [ThreadState]) -> Result<(), Error> {
+        let tasks = live_tids(self.pid);
+        let offset = {
+            let mut cached = self
+                .pthread_tid_offset
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let still_valid = cached.is_some_and(|off| {
+                threads.iter().all(|t| {
+                    self.mem
+                        .read_u32(t.pthread.wrapping_add(off))
+                        .is_ok_and(|tid| tasks.contains(&tid))
+                })
+            });
+            if !still_valid {
+                *cached = find_pthread_tid_offset(&self.mem, self.pid, threads, &tasks);
+            }
+            *cached
+        };
+        let Some(off) = offset else { return Ok(()) };
+        for t in threads.iter_mut() {
+            t.tid = self
+                .mem
+                .read_u32(t.pthread.wrapping_add(off))
+                .ok()
+                .filter(|tid| tasks.contains(tid));
+        }
+        Ok(())
+    }
+
+    /// `sys.modules` as (name, module object) pairs.
+    pub fn modules(&self) -> Result<Vec<(String, u64)>, Error> {
+        let main = *self
+            .interpreters()?
+            .first()
+            .ok_or(Error::NoInterpreter { pid: self.pid })?;
+        let dict = self
+            .mem
+            .read_ptr(main.wrapping_add(self.layout.interp_modules))?;
+        self.reader().str_dict(dict)
+    }
+}
+
+fn live_tids(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Searches `struct pthread` (first 4 KiB) for the offset of `tid`; see `fill_tids_from_pthread`.
+pub fn find_pthread_tid_offset(
+    mem: &impl Memory,
+    pid: u32,
+    threads: &[ThreadState],
+    tasks: &[u32],
+) -> Option<u64> {
+    const SPAN: usize = 4096;
+    let structs: Vec<Vec<u8>> = threads
+        .iter()
+        .filter(|t| t.pthread != 0)
+        .filter_map(|t| mem.read_bytes(t.pthread, SPAN as u64, SPAN as u64).ok())
+        .collect();
+    let at = |s: &Vec<u8>, off: usize| {
+        s.get(off..off + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    (0..SPAN - 4).step_by(4).map(|o| o as u64).find(|&off| {
+        let tids: Vec<Option<u32>> = structs.iter().map(|s| at(s, off as usize)).collect();
+        tids.contains(&Some(pid)) && tids.iter().all(|t| t.is_some_and(|t| tasks.contains(&t)))
+    })
+}
+
+/// Compares `_Py_DebugOffsets` (3.13+, at `_PyRuntime`) with the table; returns the fields that differ.
+pub fn check_debug_offsets(
+    mem: &impl Memory,
+    layout: &Layout,
+    runtime: u64,
+) -> Result<Vec<(&'static str, u64, u64)>, Error> {
+    let Some(d) = layout.debug_offsets else {
+        return Ok(Vec::new());
+    };
+    let cookie = mem.read_array::<8>(runtime)?;
+    if &cookie != DEBUG_OFFSETS_COOKIE {
+        return Err(Error::BadDebugOffsets {
+            addr: runtime,
+            reason: "no xdebugpy cookie",
+        });
+    }
+    let version = mem.read_u64(runtime.wrapping_add(d.version))?;
+    if (version >> 24, (version >> 16) & 0xff)
+        != (u64::from(layout.version.0), u64::from(layout.version.1))
+    {
+        return Err(Error::BadDebugOffsets {
+            addr: runtime,
+            reason: "version differs from the binary's",
+        });
+    }
+    let mut out = Vec::new();
+    for (field, ours, pos) in layout.debug_offset_checks() {
+        let theirs = mem.read_u64(runtime.wrapping_add(pos))?;
+        let ours = ours.unwrap_or(u64::MAX);
+        if ours != theirs {
+            out.push((field, ours, theirs));
+        }
+    }
+    Ok(out)
+}
+
+/// Takes the process's word for the fields the runtime publishes.
+fn apply_debug_offsets(layout: &mut Layout, mismatches: &[(&'static str, u64, u64)]) {
+    for &(field, _, v) in mismatches {
+        let slot: Option<&mut u64> = match field {
+            "runtime_state.interpreters_head" => Some(&mut layout.runtime_interpreters_head),
+            "interpreter_state.next" => Some(&mut layout.interp_next),
+            "interpreter_state.threads_head" => Some(&mut layout.interp_threads_head),
+            "interpreter_state.imports_modules" => Some(&mut layout.interp_modules),
+            "thread_state.next" => Some(&mut layout.tstate_next),
+            "thread_state.interp" => Some(&mut layout.tstate_interp),
+            "thread_state.thread_id" => Some(&mut layout.tstate_thread_id),
+            "interpreter_frame.previous" => Some(&mut layout.frame_previous),
+            "interpreter_frame.executable" => Some(&mut layout.frame_code),
+            "interpreter_frame.instr_ptr" => Some(&mut layout.frame_instr),
+            "interpreter_frame.localsplus" => Some(&mut layout.frame_localsplus),
+            "code_object.filename" => Some(&mut layout.code_filename),
+            "code_object.name" => Some(&mut layout.code_name),
+            "code_object.linetable" => Some(&mut layout.code_linetable),
+            "code_object.firstlineno" => Some(&mut layout.code_firstlineno),
+            "code_object.localsplusnames" => Some(&mut layout.code_localsplusnames),
+            "pyobject.ob_type" => Some(&mut layout.ob_type),
+            "type_object.tp_name" => Some(&mut layout.type_name),
+            "type_object.tp_flags" => Some(&mut layout.type_flags),
+            "tuple_object.ob_item" => Some(&mut layout.tuple_item),
+            "list_object.ob_item" => Some(&mut layout.list_item),
+            "dict_object.ma_keys" => Some(&mut layout.dict_keys),
+            "dict_object.ma_values" => Some(&mut layout.dict_values),
+            "float_object.ob_fval" => Some(&mut layout.float_fval),
+            "long_object.ob_digit" => Some(&mut layout.long_digit),
+            "bytes_object.ob_sval" => Some(&mut layout.bytes_sval),
+            "unicode_object.state" => Some(&mut layout.unicode_state),
+            "unicode_object.length" => Some(&mut layout.unicode_length),
+            "unicode_object.asciiobject_size" => Some(&mut layout.unicode_ascii_size),
+            _ => None,
+        };
+        match slot {
+            Some(s) => *s = v,
+            None => match field {
+                "thread_state.current_frame" => layout.tstate_current_frame = Some(v),
+                "thread_state.native_thread_id" => layout.tstate_native_thread_id = Some(v),
+                "interpreter_frame.owner" => layout.frame_owner = Some(v),
+                "code_object.qualname" => layout.code_qualname = Some(v),
+                "code_object.co_code_adaptive" => layout.code_code_adaptive = Some(v),
+                "long_object.lv_tag" => layout.long_lv_tag = Some(v),
+                _ => {}
+            },
+        }
+    }
+}
