@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod attribution;
 pub mod matcher;
 pub mod templates;
 
