@@ -1,8 +1,8 @@
 //! fmd-daemon: attaches fmd's BPF programs to gunicorn workers, turns what they see into request records,
 //! stores them in DuckDB and serves them (JSON API, CLI queries). See ARCHITECTURE.md for the map.
 
+pub mod api;
 pub mod capture;
 pub mod cli;
-pub mod api;
 pub mod request;
 pub mod store;
