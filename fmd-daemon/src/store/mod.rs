@@ -23,7 +23,7 @@ use duckdb::{AccessMode, Config, Connection};
 pub use self::{
     daemon_file::DaemonFile,
     requests::{append_requests, requests, RequestFilter, RequestRow},
-    stats::{begin_run, counters, end_run, set_counters, stats, RunInfo, Stats},
+    stats::{begin_run, counters, end_run, names, set_counters, stats, RunInfo, Stats},
     writer::{spawn_writer, WriterHandle, WriterReport},
 };
 
