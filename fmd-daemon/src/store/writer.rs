@@ -120,6 +120,14 @@ pub fn spawn_writer(
     store: Store,
     run: RunInfo,
 ) -> Result<(WriterHandle, JoinHandle<WriterReport>), Error> {
+    spawn_with(store, run, MAX_PENDING)
+}
+
+fn spawn_with(
+    store: Store,
+    run: RunInfo,
+    max_pending: usize,
+) -> Result<(WriterHandle, JoinHandle<WriterReport>), Error> {
     let run_id = begin_run(store.connection(), &run)?;
     let next_id = next_request_id(store.connection())?;
     // A private current-thread runtime gives the blocking thread a receive with a timeout.
@@ -132,6 +140,7 @@ pub fn spawn_writer(
         store,
         next_id,
         pending: Vec::new(),
+        max_pending,
         counters: BTreeMap::new(),
         counters_dirty: false,
         report: WriterReport {
@@ -150,6 +159,7 @@ struct Writer {
     store: Store,
     next_id: i64,
     pending: Vec<Request>,
+    max_pending: usize,
     counters: BTreeMap<String, i64>,
     counters_dirty: bool,
     report: WriterReport,
@@ -234,9 +244,9 @@ impl Writer {
         error
     }
 
-    /// Drops the oldest pending requests beyond [`MAX_PENDING`].
+    /// Drops the oldest pending requests beyond `max_pending` ([`MAX_PENDING`] outside tests).
     fn bound_pending(&mut self) {
-        let excess = self.pending.len().saturating_sub(MAX_PENDING);
+        let excess = self.pending.len().saturating_sub(self.max_pending);
         if excess > 0 {
             self.pending.drain(..excess);
             self.report.rows_dropped += excess as u64;
@@ -441,6 +451,50 @@ mod tests {
                 .expect("counters")
                 .get(names::STORE_WRITE_ERRORS),
             Some(&2)
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_buffer_is_bounded_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("fmd.duckdb")).expect("open");
+        let reader = store.reader().expect("reader");
+        let (handle, _thread) = spawn_with(store, run_info(), 5).expect("spawn");
+        append_requests(&reader, 99, 1, &[request(50)]).expect("squat");
+        handle
+            .insert((0..4).map(request).collect())
+            .await
+            .expect("insert");
+        assert!(handle.flush().await.is_err());
+        handle
+            .insert((4..8).map(request).collect())
+            .await
+            .expect("insert");
+        assert!(handle.flush().await.is_err());
+        reader
+            .execute_batch("DELETE FROM requests WHERE run_id = 99")
+            .expect("unsquat");
+        handle.flush().await.expect("retry");
+        let paths: Vec<String> = requests(&reader, &RequestFilter::default())
+            .expect("read")
+            .into_iter()
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(paths, (3..8).map(|i| request(i).path).collect::<Vec<_>>());
+        let report = handle.stop().await.expect("stop");
+        assert_eq!(
+            (
+                report.rows_written,
+                report.rows_dropped,
+                report.write_errors
+            ),
+            (5, 3, 2)
+        );
+        assert_eq!(
+            counters(&reader, 1)
+                .expect("counters")
+                .get(names::STORE_ROWS_DROPPED),
+            Some(&3)
         );
     }
 
