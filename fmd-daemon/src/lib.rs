@@ -2,5 +2,6 @@
 //! stores them in DuckDB and serves them (JSON API, CLI queries). See ARCHITECTURE.md for the map.
 
 pub mod capture;
+pub mod flask;
 pub mod python;
 pub mod request;
