@@ -1,14 +1,16 @@
-//! Flask knowledge that turns a raw request into "which view served it": the app's route table matched
-//! with Werkzeug's rules (`matcher`), or, when no table can be read, bounded path templates (`templates`).
+//! Flask knowledge that turns a raw request into "which view served it": the app's route table read from
+//! a worker's memory (`app`), matched with Werkzeug's rules (`matcher`), or, when no table can be read,
+//! bounded path templates (`templates`); `attribution` puts them together per worker.
 
 use serde::{Deserialize, Serialize};
 
+pub mod app;
 pub mod attribution;
 pub mod matcher;
 pub mod templates;
 
 /// One rule of a Flask app's `url_map`, as read from the running app (`app.url_map.iter_rules()`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RouteInfo {
     /// The rule template, e.g. `/user/<int:id>`.
     pub rule: String,

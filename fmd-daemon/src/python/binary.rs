@@ -331,12 +331,12 @@ mod tests {
                 String::from_utf8_lossy(data)
             );
         }
-        check(b"xx\03.9.18\0yy", Some(18));
-        check(b"\03.9.\0\03.9.7\0", Some(7));
-        check(b"\03.9.18+\0", None);
+        check(b"xx\x003.9.18\0yy", Some(18));
+        check(b"\x003.9.\0\x003.9.7\0", Some(7));
+        check(b"\x003.9.18+\0", None);
         check(b"/versions/3.9.18/lib\0/versions/3.9.18\0", Some(18));
         check(b"13.9.1\0", None);
-        check(b"\03.10.1\0", None);
+        check(b"\x003.10.1\0", None);
         check(b"", None);
         assert_eq!(
             version_from_hex(0x030B07F0),

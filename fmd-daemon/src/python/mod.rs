@@ -15,7 +15,7 @@ pub use binary::{Binary, Version};
 pub use layout::Layout;
 pub use memory::{Memory, ProcessMemory, SliceMemory};
 pub use objects::Reader;
-pub use threads::{Interpreter, ThreadState};
+pub use threads::{Frame, Interpreter, ThreadState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

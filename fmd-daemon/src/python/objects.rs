@@ -120,13 +120,20 @@ pub enum AttrStorage {
 const PY_TPFLAGS_HEAPTYPE: u64 = 1 << 9;
 
 /// Reads objects of one interpreter.
-#[derive(Clone, Copy)]
 pub struct Reader<'a, M: Memory> {
     pub mem: &'a M,
     pub layout: &'a Layout,
     pub types: &'a KnownTypes,
     pub limits: Limits,
 }
+
+// By hand: a derive would require `M: Copy`, but only references are copied.
+impl<M: Memory> Clone for Reader<'_, M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M: Memory> Copy for Reader<'_, M> {}
 
 impl<'a, M: Memory> Reader<'a, M> {
     pub fn new(mem: &'a M, layout: &'a Layout, types: &'a KnownTypes) -> Self {
@@ -145,7 +152,7 @@ impl<'a, M: Memory> Reader<'a, M> {
     fn nonnull(addr: u64, what: &'static str) -> Result<u64, Error> {
         if addr == 0 {
             Err(Error::Null { what })
-        } else if addr % 8 != 0 || addr < 0x1000 || addr >= 1 << 47 {
+        } else if !addr.is_multiple_of(8) || !(0x1000..1 << 47).contains(&addr) {
             Err(Error::Invalid { what, addr })
         } else {
             Ok(addr)
@@ -469,11 +476,14 @@ impl<'a, M: Memory> Reader<'a, M> {
                 if !size.is_power_of_two() || size > max * 2 || nentries > size {
                     return Err(bad("dict size"));
                 }
-                let index_bytes = match size {
-                    ..=0xff => 1,
-                    ..=0xffff => 2,
-                    ..=0xffff_ffff => 4,
-                    _ => 8,
+                let index_bytes = if size <= 0xff {
+                    1
+                } else if size <= 0xffff {
+                    2
+                } else if size <= 0xffff_ffff {
+                    4
+                } else {
+                    8
                 };
                 (
                     keys.wrapping_add(l.dictkeys_indices)
@@ -733,7 +743,7 @@ impl<'a, M: Memory> Reader<'a, M> {
         if off == 0 {
             return Ok(AttrStorage::None);
         }
-        if off < 0 || off > 1 << 20 {
+        if !(0..=1 << 20).contains(&off) {
             // Negative offsets (variable-size instances such as int subclasses) are not needed by fmd.
             return Err(Error::Invalid {
                 what: "tp_dictoffset",

@@ -26,6 +26,22 @@ pub struct ThreadState {
     pub tid: Option<u32>,
 }
 
+/// One Python frame of a thread (newest first in [`Interpreter::frames`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// `PyFrameObject` (3.8-3.10) or `_PyInterpreterFrame` address.
+    pub addr: u64,
+    /// Its code object.
+    pub code: u64,
+}
+
+/// Bound on frames walked per thread.
+const MAX_FRAMES: usize = 512;
+/// Bound on fast locals read per frame.
+const MAX_LOCALS: u64 = 4096;
+/// `FRAME_OWNED_BY_CSTACK` (3.12+): a C shim frame with no Python locals.
+const FRAME_OWNED_BY_CSTACK: u8 = 3;
+
 /// An attached CPython interpreter (never stopped: every read races with it).
 pub struct Interpreter<M: Memory = ProcessMemory> {
     pub pid: u32,
@@ -193,6 +209,115 @@ impl<M: Memory> Interpreter<M> {
                 .filter(|tid| tasks.contains(tid));
         }
         Ok(())
+    }
+
+    /// The Python frames of a thread, newest first. Racy by nature: the thread keeps running.
+    pub fn frames(&self, tstate: &ThreadState) -> Result<Vec<Frame>, Error> {
+        let l = &self.layout;
+        let mut at = match (
+            l.tstate_frame,
+            l.tstate_cframe,
+            l.cframe_current_frame,
+            l.tstate_current_frame,
+        ) {
+            (Some(off), ..) => self.mem.read_ptr(tstate.addr.wrapping_add(off))?,
+            (None, Some(cf), Some(cur), _) => {
+                let cframe = self.mem.read_ptr(tstate.addr.wrapping_add(cf))?;
+                if cframe == 0 {
+                    return Ok(Vec::new());
+                }
+                self.mem.read_ptr(cframe.wrapping_add(cur))?
+            }
+            (.., Some(off)) => self.mem.read_ptr(tstate.addr.wrapping_add(off))?,
+            _ => {
+                return Err(Error::Invalid {
+                    what: "thread state layout",
+                    addr: tstate.addr,
+                })
+            }
+        };
+        let code_type = self.types.get("PyCode_Type");
+        let mut out = Vec::new();
+        let mut seen = 0;
+        while at != 0 {
+            seen += 1;
+            if seen > MAX_FRAMES {
+                return Err(Error::TooLarge {
+                    what: "frame chain",
+                    addr: tstate.addr,
+                    len: seen as u64,
+                    max: MAX_FRAMES as u64,
+                });
+            }
+            let shim = match l.frame_owner {
+                Some(off) if l.minor() >= 12 => {
+                    self.mem.read_u8(at.wrapping_add(off))? == FRAME_OWNED_BY_CSTACK
+                }
+                _ => false,
+            };
+            let code = self.mem.read_ptr(at.wrapping_add(l.frame_code))?;
+            // 3.13's f_executable may be None or another non-code object.
+            let is_code = code != 0
+                && match code_type {
+                    Some(t) => self
+                        .mem
+                        .read_ptr(code.wrapping_add(l.ob_type))
+                        .is_ok_and(|ty| ty == t),
+                    None => true,
+                };
+            if !shim && is_code {
+                out.push(Frame { addr: at, code });
+            }
+            at = self.mem.read_ptr(at.wrapping_add(l.frame_previous))?;
+        }
+        Ok(out)
+    }
+
+    /// The fast locals of a frame as (name, value) pairs, skipping unset ones. Cell and free variables
+    /// (3.11+) come as their cell objects.
+    pub fn frame_locals(&self, frame: &Frame) -> Result<Vec<(String, u64)>, Error> {
+        let l = &self.layout;
+        let r = self.reader();
+        let n = self
+            .mem
+            .read_i32(frame.code.wrapping_add(l.code_nlocalsplus))?;
+        let n = u64::try_from(n).map_err(|_| Error::Invalid {
+            what: "code object",
+            addr: frame.code,
+        })?;
+        if n > MAX_LOCALS {
+            return Err(Error::TooLarge {
+                what: "locals",
+                addr: frame.code,
+                len: n,
+                max: MAX_LOCALS,
+            });
+        }
+        let names = r.tuple(
+            self.mem
+                .read_ptr(frame.code.wrapping_add(l.code_localsplusnames))?,
+        )?;
+        let n = n.min(names.len() as u64);
+        let raw = self.mem.read_bytes(
+            frame.addr.wrapping_add(l.frame_localsplus),
+            n * 8,
+            MAX_LOCALS * 8,
+        )?;
+        let mut out = Vec::new();
+        for (name, value) in names.iter().zip(raw.chunks_exact(8)) {
+            let value = u64::from_le_bytes(value.try_into().unwrap_or_default());
+            if value != 0 {
+                out.push((r.str(*name)?, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The qualified (3.11+) or plain name of a code object.
+    pub fn code_name(&self, code: u64) -> Result<String, Error> {
+        let off = self.layout.code_qualname.unwrap_or(self.layout.code_name);
+        self.reader()
+            .str(self.mem.read_ptr(code.wrapping_add(off))?)
     }
 
     /// `sys.modules` as (name, module object) pairs.

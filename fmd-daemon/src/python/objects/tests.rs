@@ -76,7 +76,7 @@ fn garbage_memory_never_panics_or_hangs() {
                 let types = types_in_region(&mut rng);
                 let r = Reader::new(&mem, layout, &types);
                 for _ in 0..200 {
-                    let addr = BASE + (rng.next_u64() % SIZE as u64) & !7;
+                    let addr = (BASE + rng.next_u64() % SIZE as u64) & !7;
                     exercise(&r, addr);
                 }
                 // Edges: null, unaligned, just before the end, outside.
