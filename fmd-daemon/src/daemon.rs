@@ -1,13 +1,17 @@
 //! The running daemon: wires the ring buffer through the HTTP assembler to the store's writer, serves the
 //! API, follows gunicorn's workers as they come and go, and on SIGINT/SIGTERM detaches and flushes.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use fmd_common::{http::kind, http::EventHeader, ROLE_MASTER, ROLE_WORKER};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
+    sync::mpsc,
 };
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
@@ -20,12 +24,21 @@ use crate::{
         Capture,
     },
     config::Config,
+    flask::{
+        app::{self as flask_app, UrlMap},
+        attribution::Attributor,
+        matcher::MapOptions,
+    },
     request::Request,
     store::{self, names, DaemonFile, RunInfo, Store, WriterHandle},
 };
 
 /// How often counters are stored, idle connections expired and buffered rows handed to the writer.
 const TICK: Duration = Duration::from_millis(500);
+
+/// When to (re)try reading a new worker's route table: gunicorn workers import the app after the fork, so
+/// the first attempts may find no app yet.
+const ROUTE_READ_DELAYS_MS: &[u64] = &[0, 200, 400, 800, 1500, 3000, 6000];
 
 pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let target = procs::resolve(pid)?;
@@ -65,19 +78,29 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         idle_timeout_ns: config.capture.idle_timeout_secs.saturating_mul(1_000_000_000),
         ..Limits::default()
     };
+    let (routes_tx, routes_rx) = mpsc::unbounded_channel();
     let mut pipeline = Pipeline {
         capture,
         assembler: Assembler::new(limits, clock_offset_ns()),
+        attributor: Attributor::default(),
+        routes_tx,
         writer: writer.clone(),
         target: target.pid(),
+        assembled: Vec::new(),
         batch: Vec::new(),
         events: 0,
         target_gone: false,
     };
-    let result = pipeline.run(ring).await;
+    match &target {
+        Target::Master { workers, .. } => workers.iter().for_each(|&w| pipeline.read_routes(w)),
+        Target::Worker { pid } => pipeline.read_routes(*pid),
+    }
+    let result = pipeline.run(ring, routes_rx).await;
 
     // Whatever ended the loop, keep what was captured.
-    pipeline.assembler.finish_all(&mut pipeline.batch);
+    pipeline.assembler.finish_all(&mut pipeline.assembled);
+    pipeline.attribute();
+    pipeline.attributor.finish(&mut pipeline.batch);
     pipeline.hand_over().await;
     pipeline.store_counters().await;
     drop(pipeline);
@@ -115,18 +138,30 @@ fn clock_offset_ns() -> i64 {
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
+/// A worker's route table, or why it could not be read.
+type RouteResult = (u32, Result<UrlMap, flask_app::Error>);
+
 struct Pipeline {
     capture: Capture,
     assembler: Assembler,
+    attributor: Attributor,
+    routes_tx: mpsc::UnboundedSender<RouteResult>,
     writer: WriterHandle,
     target: u32,
+    /// Requests out of the assembler, not yet attributed.
+    assembled: Vec<Request>,
+    /// Attributed requests for the writer.
     batch: Vec<Request>,
     events: u64,
     target_gone: bool,
 }
 
 impl Pipeline {
-    async fn run(&mut self, mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>) -> anyhow::Result<()> {
+    async fn run(
+        &mut self,
+        mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+        mut routes: mpsc::UnboundedReceiver<RouteResult>,
+    ) -> anyhow::Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(TICK);
@@ -136,12 +171,16 @@ impl Pipeline {
                     let mut guard = guard.context("polling the ring buffer")?;
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
+                    self.attribute();
                     if self.batch.len() >= 1024 {
                         self.hand_over().await;
                     }
                 }
+                Some((pid, result)) = routes.recv() => self.on_routes(pid, result),
                 _ = tick.tick() => {
-                    self.assembler.expire(monotonic_ns(), &mut self.batch);
+                    self.assembler.expire(monotonic_ns(), &mut self.assembled);
+                    self.attribute();
+                    self.attributor.expire(Instant::now(), &mut self.batch);
                     self.hand_over().await;
                     self.store_counters().await;
                 }
@@ -155,7 +194,71 @@ impl Pipeline {
         }
         // Records already in the ring buffer belong to this run.
         self.drain(ring.get_mut());
+        self.attribute();
         Ok(())
+    }
+
+    fn attribute(&mut self) {
+        let now = Instant::now();
+        for req in self.assembled.drain(..) {
+            self.attributor.push(req, now, &mut self.batch);
+        }
+    }
+
+    /// Reads `pid`'s Flask route table in the background, retrying while the worker is still starting.
+    fn read_routes(&mut self, pid: u32) {
+        self.attributor.reading(pid);
+        let tx = self.routes_tx.clone();
+        tokio::spawn(
+            async move {
+                let mut last = None;
+                for &delay in ROUTE_READ_DELAYS_MS {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    match tokio::task::spawn_blocking(move || flask_app::routes(pid)).await {
+                        Ok(Ok(map)) => {
+                            let _ = tx.send((pid, Ok(map)));
+                            return;
+                        }
+                        Ok(Err(e)) => {
+                            debug!(pid, error = %e, "route table not readable yet");
+                            last = Some(e);
+                        }
+                        Err(e) => warn!(pid, error = %e, "route reader task failed"),
+                    }
+                    if procs::inspect(pid).is_err() {
+                        return;
+                    }
+                }
+                if let Some(e) = last {
+                    let _ = tx.send((pid, Err(e)));
+                }
+            }
+            .instrument(info_span!("routes", pid)),
+        );
+    }
+
+    fn on_routes(&mut self, pid: u32, result: Result<UrlMap, flask_app::Error>) {
+        match result {
+            Ok(map) => {
+                let options = MapOptions {
+                    strict_slashes: map.strict_slashes,
+                    merge_slashes: map.merge_slashes,
+                    host_matching: map.host_matching,
+                    ..MapOptions::default()
+                };
+                match self.attributor.set_routes(pid, map.routes, options, &mut self.batch) {
+                    Ok(rules) => info!(pid, rules, "read the Flask route table"),
+                    Err(e) => {
+                        warn!(pid, error = %e, "cannot use the route table: endpoints will be path templates");
+                        self.attributor.set_unavailable(pid, &mut self.batch);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(pid, error = %e, "cannot read the Flask route table: endpoints will be path templates");
+                self.attributor.set_unavailable(pid, &mut self.batch);
+            }
+        }
     }
 
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
@@ -168,7 +271,7 @@ impl Pipeline {
             match header.kind {
                 kind::FORK => self.on_fork(header.len as u32),
                 kind::EXIT => self.on_exit(header.tgid, &header, payload),
-                _ => self.assembler.push(&header, payload, &mut self.batch),
+                _ => self.assembler.push(&header, payload, &mut self.assembled),
             }
         }
     }
@@ -176,7 +279,10 @@ impl Pipeline {
     /// BPF already watches the child (so its first request is caught); drop it again if it is a thread.
     fn on_fork(&mut self, child: u32) {
         match procs::inspect(child) {
-            Ok(info) if info.tgid == child => info!(pid = child, "new worker"),
+            Ok(info) if info.tgid == child => {
+                info!(pid = child, "new worker");
+                self.read_routes(child);
+            }
             Ok(_) => {
                 debug!(tid = child, "the master started a thread, not a worker");
                 let _ = self.capture.unwatch(child);
@@ -187,7 +293,9 @@ impl Pipeline {
     }
 
     fn on_exit(&mut self, pid: u32, header: &EventHeader, payload: &[u8]) {
-        self.assembler.push(header, payload, &mut self.batch);
+        self.assembler.push(header, payload, &mut self.assembled);
+        self.attribute();
+        self.attributor.forget(pid, &mut self.batch);
         match self.capture.forget_connections(pid) {
             Ok(n) if n > 0 => debug!(pid, connections = n, "forgot the connections of an exited worker"),
             Ok(_) => {}
@@ -212,7 +320,11 @@ impl Pipeline {
 
     async fn store_counters(&mut self) {
         let a = self.assembler.counters();
+        let r = self.attributor.counters();
         let mut values = vec![
+            ("requests_routed", r.routed),
+            ("requests_unrouted", r.unrouted),
+            ("requests_templated", r.templated),
             (names::EVENTS_RECEIVED, self.events),
             (names::UNPARSEABLE, a.unparseable),
             (names::ABORTED, a.aborted),
