@@ -36,9 +36,12 @@ use crate::{
 /// How often counters are stored, idle connections expired and buffered rows handed to the writer.
 const TICK: Duration = Duration::from_millis(500);
 
-/// When to (re)try reading a new worker's route table: gunicorn workers import the app after the fork, so
-/// the first attempts may find no app yet.
-const ROUTE_READ_DELAYS_MS: &[u64] = &[0, 200, 400, 800, 1500, 3000, 6000];
+/// When to (re)try reading a worker's route table. The first read starts at the worker's first accepted
+/// connection: by then gunicorn has loaded the app, so the table is complete; retries cover a process
+/// that is busy or briefly inconsistent.
+const ROUTE_READ_DELAYS_MS: &[u64] = &[0, 100, 300, 1000];
+/// At shutdown, how long to wait for route reads still under way (their requests wait for them).
+const ROUTE_READ_GRACE: Duration = Duration::from_secs(3);
 
 pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let target = procs::resolve(pid)?;
@@ -84,6 +87,8 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         assembler: Assembler::new(limits, clock_offset_ns()),
         attributor: Attributor::default(),
         routes_tx,
+        routes_asked: std::collections::HashSet::new(),
+        route_reads: 0,
         writer: writer.clone(),
         target: target.pid(),
         assembled: Vec::new(),
@@ -91,11 +96,9 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         events: 0,
         target_gone: false,
     };
-    match &target {
-        Target::Master { workers, .. } => workers.iter().for_each(|&w| pipeline.read_routes(w)),
-        Target::Worker { pid } => pipeline.read_routes(*pid),
-    }
-    let result = pipeline.run(ring, routes_rx).await;
+    let mut routes_rx = routes_rx;
+    let result = pipeline.run(ring, &mut routes_rx).await;
+    pipeline.await_route_reads(&mut routes_rx).await;
 
     // Whatever ended the loop, keep what was captured.
     pipeline.assembler.finish_all(&mut pipeline.assembled);
@@ -146,6 +149,9 @@ struct Pipeline {
     assembler: Assembler,
     attributor: Attributor,
     routes_tx: mpsc::UnboundedSender<RouteResult>,
+    /// Workers whose route table was asked for, and how many reads are still under way.
+    routes_asked: std::collections::HashSet<u32>,
+    route_reads: usize,
     writer: WriterHandle,
     target: u32,
     /// Requests out of the assembler, not yet attributed.
@@ -160,7 +166,7 @@ impl Pipeline {
     async fn run(
         &mut self,
         mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-        mut routes: mpsc::UnboundedReceiver<RouteResult>,
+        routes: &mut mpsc::UnboundedReceiver<RouteResult>,
     ) -> anyhow::Result<()> {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -198,6 +204,17 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Lets route reads under way finish, so the requests waiting for them get their endpoints.
+    async fn await_route_reads(&mut self, routes: &mut mpsc::UnboundedReceiver<RouteResult>) {
+        let deadline = tokio::time::Instant::now() + ROUTE_READ_GRACE;
+        while self.route_reads > 0 {
+            match tokio::time::timeout_at(deadline, routes.recv()).await {
+                Ok(Some((pid, result))) => self.on_routes(pid, result),
+                _ => break,
+            }
+        }
+    }
+
     fn attribute(&mut self) {
         let now = Instant::now();
         for req in self.assembled.drain(..) {
@@ -208,6 +225,7 @@ impl Pipeline {
     /// Reads `pid`'s Flask route table in the background, retrying while the worker is still starting.
     fn read_routes(&mut self, pid: u32) {
         self.attributor.reading(pid);
+        self.route_reads += 1;
         let tx = self.routes_tx.clone();
         tokio::spawn(
             async move {
@@ -226,18 +244,17 @@ impl Pipeline {
                         Err(e) => warn!(pid, error = %e, "route reader task failed"),
                     }
                     if procs::inspect(pid).is_err() {
-                        return;
+                        break;
                     }
                 }
-                if let Some(e) = last {
-                    let _ = tx.send((pid, Err(e)));
-                }
+                let _ = tx.send((pid, Err(last.unwrap_or(flask_app::Error::NoFlaskApp { pid }))));
             }
             .instrument(info_span!("routes", pid)),
         );
     }
 
     fn on_routes(&mut self, pid: u32, result: Result<UrlMap, flask_app::Error>) {
+        self.route_reads = self.route_reads.saturating_sub(1);
         match result {
             Ok(map) => {
                 let options = MapOptions {
@@ -271,6 +288,12 @@ impl Pipeline {
             match header.kind {
                 kind::FORK => self.on_fork(header.len as u32),
                 kind::EXIT => self.on_exit(header.tgid, &header, payload),
+                kind::ACCEPT | kind::READ => {
+                    if self.routes_asked.insert(header.tgid) {
+                        self.read_routes(header.tgid);
+                    }
+                    self.assembler.push(&header, payload, &mut self.assembled);
+                }
                 _ => self.assembler.push(&header, payload, &mut self.assembled),
             }
         }
@@ -279,10 +302,7 @@ impl Pipeline {
     /// BPF already watches the child (so its first request is caught); drop it again if it is a thread.
     fn on_fork(&mut self, child: u32) {
         match procs::inspect(child) {
-            Ok(info) if info.tgid == child => {
-                info!(pid = child, "new worker");
-                self.read_routes(child);
-            }
+            Ok(info) if info.tgid == child => info!(pid = child, "new worker"),
             Ok(_) => {
                 debug!(tid = child, "the master started a thread, not a worker");
                 let _ = self.capture.unwatch(child);
@@ -296,6 +316,7 @@ impl Pipeline {
         self.assembler.push(header, payload, &mut self.assembled);
         self.attribute();
         self.attributor.forget(pid, &mut self.batch);
+        self.routes_asked.remove(&pid);
         match self.capture.forget_connections(pid) {
             Ok(n) if n > 0 => debug!(pid, connections = n, "forgot the connections of an exited worker"),
             Ok(_) => {}
