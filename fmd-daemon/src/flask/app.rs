@@ -52,6 +52,8 @@ const WRAPPER_DEPTH: u32 = 3;
 const MAX_MODULES: usize = 20_000;
 const MAX_RULES: usize = 100_000;
 /// Attributes through which WSGI wrappers, gunicorn workers and apps lead to the Flask app.
+/// Objects looked at in one search, at most (garbage memory must not make the search quadratic).
+const MAX_VISITS: usize = 200_000;
 const WRAPPER_ATTRS: &[&str] = &["app", "wsgi_app", "application", "wsgi", "callable", "_app"];
 
 /// Attaches to `pid`, finds its Flask app(s) and reads the first one's url_map.
@@ -100,6 +102,7 @@ struct Finder<'a, M: Memory> {
     is_flask_cache: HashMap<u64, bool>,
     found: Vec<FoundApp>,
     seen: HashSet<u64>,
+    visits: usize,
 }
 
 impl<M: Memory> Finder<'_, M> {
@@ -117,9 +120,10 @@ impl<M: Memory> Finder<'_, M> {
 
     /// Looks at `obj` and, through wrapper attributes, what it leads to.
     fn visit(&mut self, obj: u64, via: &str, depth: u32) {
-        if obj == 0 || self.r.is_none(obj) || !self.seen.insert(obj) {
+        if obj == 0 || self.r.is_none(obj) || self.visits >= MAX_VISITS || !self.seen.insert(obj) {
             return;
         }
+        self.visits += 1;
         let Ok(ty) = self.r.type_of(obj) else { return };
         if self.is_flask_type(ty) {
             if !self.found.iter().any(|f| f.addr == obj) {
@@ -210,6 +214,7 @@ pub fn find_apps<M: Memory>(
         is_flask_cache: HashMap::new(),
         found: Vec::new(),
         seen: HashSet::new(),
+        visits: 0,
     };
 
     // 1. gunicorn's `module:attr` (a factory call `create_app()` is not stored anywhere: see 3.).

@@ -198,3 +198,57 @@ fn reads_values_threads_and_modules_of_every_version() {
         );
     }
 }
+
+/// In a PID namespace (a container), the target numbers its threads differently: tids must come out in
+/// fmd's numbering, for both the `native_thread_id` (3.11+) and the `struct pthread` (3.8-3.10) paths.
+#[test]
+fn tids_are_translated_out_of_pid_namespaces() {
+    if !std::path::Path::new("/usr/bin/unshare").exists() {
+        eprintln!("skipping: no /usr/bin/unshare");
+        return;
+    }
+    for (label, python) in interpreters()
+        .into_iter()
+        .filter(|(l, _)| l == "pyenv 3.9" || l == "pyenv 3.12")
+    {
+        let mut cmd = Command::new("/usr/bin/unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(&python)
+            .arg("-c")
+            .arg(SCRIPT);
+        let child =
+            spawn_json(cmd, Duration::from_secs(30)).unwrap_or_else(|e| panic!("{label}: {e:#}"));
+        let outer = child.pid();
+        let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+            .unwrap_or_default();
+        let pid: u32 = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("python under unshare");
+        let inner: Vec<u64> = child.json["tids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_u64())
+            .collect();
+        assert!(
+            inner.iter().all(|&t| t < 100),
+            "{label}: not in a new PID namespace: {inner:?}"
+        );
+        let mut want: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("task dir")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        want.sort_unstable();
+        let interp = Interpreter::attach(pid).unwrap_or_else(|e| panic!("{label}: attach: {e}"));
+        let mut got: Vec<u32> = interp
+            .tid_map()
+            .unwrap_or_else(|e| panic!("{label}: {e}"))
+            .into_keys()
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, want, "{label}: host tids");
+        assert!(got.contains(&pid), "{label}: main thread");
+    }
+}

@@ -796,4 +796,4 @@ impl<'a, M: Memory> Reader<'a, M> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -110,3 +110,37 @@ impl XorShift {
         x
     }
 }
+
+pub const BASE: u64 = 0x10_0000;
+pub const SIZE: usize = 1 << 16;
+
+/// Random bytes; or every word a pointer into the region (cycles everywhere); or huge lengths.
+pub fn garbage(seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = XorShift(seed);
+    let random: Vec<u8> = (0..SIZE / 8)
+        .flat_map(|_| rng.next_u64().to_le_bytes())
+        .collect();
+    let cyclic: Vec<u8> = (0..SIZE / 8)
+        .flat_map(|_| (BASE + (rng.next_u64() % (SIZE as u64 / 8)) * 8).to_le_bytes())
+        .collect();
+    let mixed: Vec<u8> = (0..SIZE / 8)
+        .flat_map(|i| {
+            let w = match i % 4 {
+                0 => BASE + (rng.next_u64() % (SIZE as u64 / 8)) * 8,
+                1 => u64::MAX - (rng.next_u64() % 4),
+                2 => rng.next_u64() % 64,
+                _ => 0x7fff_ffff_ffff_fff0,
+            };
+            w.to_le_bytes()
+        })
+        .collect();
+    vec![random, cyclic, mixed]
+}
+
+/// [`garbage`] as address spaces at [`BASE`].
+pub fn memories(seed: u64) -> Vec<super::SliceMemory> {
+    garbage(seed)
+        .into_iter()
+        .map(|b| super::SliceMemory::new().with_region(BASE, b))
+        .collect()
+}

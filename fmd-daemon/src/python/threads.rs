@@ -139,6 +139,14 @@ impl<M: Memory> Interpreter<M> {
     pub fn threads_of(&self, interp: u64) -> Result<Vec<ThreadState>, Error> {
         let l = &self.layout;
         let mut out: Vec<ThreadState> = Vec::new();
+        let tasks = if l.tstate_native_thread_id.is_some() {
+            Tasks::read(self.pid)
+        } else {
+            Tasks {
+                ns_pid: self.pid,
+                pairs: Vec::new(),
+            }
+        };
         let mut at = self
             .mem
             .read_ptr(interp.wrapping_add(l.interp_threads_head))?;
@@ -155,6 +163,7 @@ impl<M: Memory> Interpreter<M> {
                     .filter(|&t| t != 0),
                 None => None,
             };
+            let tid = tid.and_then(|t| tasks.host_tid(t));
             out.push(ThreadState {
                 addr: at,
                 interp: self.mem.read_ptr(at.wrapping_add(l.tstate_interp))?,
@@ -169,7 +178,7 @@ impl<M: Memory> Interpreter<M> {
         Ok(out)
     }
 
-    /// Kernel tid -> `PyThreadState` address, for the main interpreter.
+    /// Kernel tid (in fmd's PID namespace) -> `PyThreadState` address, for the main interpreter.
     pub fn tid_map(&self) -> Result<HashMap<u32, u64>, Error> {
         Ok(self
             .threads()?
@@ -179,24 +188,26 @@ impl<M: Memory> Interpreter<M> {
     }
 
     /// 3.8-3.10 keep only the `pthread_t`, the address of glibc's `struct pthread`, which holds the kernel tid
-    /// at an offset that depends on the glibc build. Find it once: the offset at which every thread's struct
-    /// holds a live tid of the process, one of them the main thread's (tid == pid).
+    /// (as the target's PID namespace numbers it) at an offset that depends on the glibc build. Find it once:
+    /// the offset at which every thread's struct holds a live tid of the process, one of them the main
+    /// thread's (tid == pid). Re-searched when the cached offset stops matching.
     fn fill_tids_from_pthread(&self, threads: &mut [ThreadState]) -> Result<(), Error> {
-        let tasks = live_tids(self.pid);
+        let all = Tasks::read(self.pid);
+        let tasks: Vec<u32> = all.pairs.iter().map(|(_, ns)| *ns).collect();
         let offset = {
             let mut cached = self
                 .pthread_tid_offset
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let still_valid = cached.is_some_and(|off| {
-                threads.iter().all(|t| {
-                    self.mem
-                        .read_u32(t.pthread.wrapping_add(off))
-                        .is_ok_and(|tid| tasks.contains(&tid))
-                })
+                let tids: Vec<Option<u32>> = threads
+                    .iter()
+                    .map(|t| self.mem.read_u32(t.pthread.wrapping_add(off)).ok())
+                    .collect();
+                tids_plausible(&tids, all.ns_pid, &tasks)
             });
             if !still_valid {
-                *cached = find_pthread_tid_offset(&self.mem, self.pid, threads, &tasks);
+                *cached = find_pthread_tid_offset(&self.mem, all.ns_pid, threads, &tasks);
             }
             *cached
         };
@@ -206,7 +217,12 @@ impl<M: Memory> Interpreter<M> {
                 .mem
                 .read_u32(t.pthread.wrapping_add(off))
                 .ok()
-                .filter(|tid| tasks.contains(tid));
+                .and_then(|ns| {
+                    all.pairs
+                        .iter()
+                        .find(|(_, n)| *n == ns)
+                        .map(|(host, _)| *host)
+                });
         }
         Ok(())
     }
@@ -333,36 +349,109 @@ impl<M: Memory> Interpreter<M> {
     }
 }
 
-fn live_tids(pid: u32) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+/// The threads of a process as (tid in fmd's PID namespace, tid in the target's innermost namespace).
+struct Tasks {
+    /// The process's own pid in its innermost namespace.
+    ns_pid: u32,
+    pairs: Vec<(u32, u32)>,
 }
 
-/// Searches `struct pthread` (first 4 KiB) for the offset of `tid`; see `fill_tids_from_pthread`.
+impl Tasks {
+    /// Translates a tid as the target sees it (its PID namespace) into ours. Identity when /proc told
+    /// nothing (the thread list could not be read).
+    fn host_tid(&self, ns_tid: u32) -> Option<u32> {
+        if self.pairs.is_empty() {
+            return Some(ns_tid);
+        }
+        self.pairs
+            .iter()
+            .find(|(_, ns)| *ns == ns_tid)
+            .map(|(host, _)| *host)
+    }
+
+    fn read(pid: u32) -> Tasks {
+        let mut pairs = Vec::new();
+        let mut ns_pid = pid;
+        if let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) {
+            for e in dir.flatten() {
+                let Some(host) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                let status = fs::read_to_string(e.path().join("status")).unwrap_or_default();
+                let ns = parse_nspid(&status).unwrap_or(host);
+                if host == pid {
+                    ns_pid = ns;
+                }
+                pairs.push((host, ns));
+            }
+        }
+        Tasks { ns_pid, pairs }
+    }
+}
+
+/// The innermost id of a `/proc/.../status` `NSpid:` line (kernels without it: `None`).
+pub fn parse_nspid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_ascii_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+/// `tid` in glibc's `struct pthread` on x86_64 (glibc 2.26 and later), tried before searching.
+const GLIBC_PTHREAD_TID: u64 = 0x2d0;
+
+/// Whether the values read at one offset of every thread's `struct pthread` can be their tids: all live
+/// tids of the process, pairwise distinct, one of them the main thread's.
+fn tids_plausible(tids: &[Option<u32>], pid: u32, tasks: &[u32]) -> bool {
+    let mut seen = Vec::with_capacity(tids.len());
+    for t in tids {
+        match t {
+            Some(t) if tasks.contains(t) && !seen.contains(t) => seen.push(*t),
+            _ => return false,
+        }
+    }
+    seen.contains(&pid)
+}
+
+/// Searches `struct pthread` (first 4 KiB) for the offset of `tid`, glibc's usual offset first; see
+/// `fill_tids_from_pthread`. With a single thread whose tid is a small number (PID 1 in a container) many
+/// fields could match, which is why the known offset goes first.
 pub fn find_pthread_tid_offset(
     mem: &impl Memory,
     pid: u32,
     threads: &[ThreadState],
     tasks: &[u32],
 ) -> Option<u64> {
-    const SPAN: usize = 4096;
+    const SPAN: u64 = 4096;
+    // As much of each struct as is mapped (the main thread's may sit at the end of its mapping).
     let structs: Vec<Vec<u8>> = threads
         .iter()
-        .filter(|t| t.pthread != 0)
-        .filter_map(|t| mem.read_bytes(t.pthread, SPAN as u64, SPAN as u64).ok())
+        .map(|t| {
+            let mut s = Vec::new();
+            for chunk in 0..SPAN / 256 {
+                match mem.read_bytes(t.pthread.wrapping_add(chunk * 256), 256, 256) {
+                    Ok(b) => s.extend(b),
+                    Err(_) => break,
+                }
+            }
+            s
+        })
         .collect();
-    let at = |s: &Vec<u8>, off: usize| {
+    let at = |s: &Vec<u8>, off: u64| {
+        let off = usize::try_from(off).ok()?;
         s.get(off..off + 4)
             .and_then(|b| b.try_into().ok())
             .map(u32::from_le_bytes)
     };
-    (0..SPAN - 4).step_by(4).map(|o| o as u64).find(|&off| {
-        let tids: Vec<Option<u32>> = structs.iter().map(|s| at(s, off as usize)).collect();
-        tids.contains(&Some(pid)) && tids.iter().all(|t| t.is_some_and(|t| tasks.contains(&t)))
-    })
+    std::iter::once(GLIBC_PTHREAD_TID)
+        .chain((0..SPAN - 4).step_by(4))
+        .find(|&off| {
+            let tids: Vec<Option<u32>> = structs.iter().map(|s| at(s, off)).collect();
+            tids_plausible(&tids, pid, tasks)
+        })
 }
 
 /// Compares `_Py_DebugOffsets` (3.13+, at `_PyRuntime`) with the table; returns the fields that differ.
@@ -448,5 +537,21 @@ fn apply_debug_offsets(layout: &mut Layout, mismatches: &[(&'static str, u64, u6
                 _ => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nspid_lines() {
+        fn check(status: &str, expect: Option<u32>) {
+            assert_eq!(parse_nspid(status), expect, "{status:?}");
+        }
+        check("Name:\tpython\nNSpid:\t4242\n", Some(4242));
+        check("NSpid:\t4242\t17\t1\n", Some(1));
+        check("Name:\tpython\n", None);
+        check("NSpid:\n", None);
     }
 }

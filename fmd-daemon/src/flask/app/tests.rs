@@ -8,7 +8,13 @@ use std::{
 };
 
 use super::*;
-use crate::python::testutil::{interpreters, spawn_json};
+use crate::python::{
+    binary::{Binary, Version},
+    layout::Layout,
+    objects::tests::types_in_region,
+    testutil::{garbage, interpreters, spawn_json, XorShift, BASE, SIZE},
+    SliceMemory,
+};
 
 const APP: &str = include_str!("../testdata/fmdapp.py");
 const VENVS: &str = "/tmp/fmd-test-venvs";
@@ -253,4 +259,85 @@ fn reads_url_map_of_real_apps() {
             "gunicorn fmdapp:app",
         );
     }
+}
+
+/// The whole pipeline (attach, threads, frames, modules, app search, url_map) over garbage memory: errors or
+/// empty results, never a panic or a hang.
+#[test]
+fn garbage_memory_never_panics_or_hangs() {
+    let start = std::time::Instant::now();
+    let pid = std::process::id();
+    let mut attached = 0;
+    for seed in [7u64, 0xfeed] {
+        let mut rng = XorShift(seed);
+        for bytes in garbage(seed) {
+            for layout in Layout::all() {
+                let mut bytes = bytes.clone();
+                let runtime_off = (rng.next_u64() % (SIZE as u64 / 2)) & !7;
+                if layout.debug_offsets.is_some() {
+                    // Let 3.13 get past the cookie and version checks into the garbage offsets.
+                    let at = runtime_off as usize;
+                    bytes[at..at + 8].copy_from_slice(b"xdebugpy");
+                    let version =
+                        (u64::from(layout.version.0) << 24) | (u64::from(layout.version.1) << 16);
+                    bytes[at + 8..at + 16].copy_from_slice(&version.to_le_bytes());
+                }
+                // One interpreter state (garbage apart from its `next`), so the walks below really run.
+                let interp_off = SIZE as u64 / 2 + ((rng.next_u64() % (SIZE as u64 / 4)) & !7);
+                let head_at = (runtime_off + layout.runtime_interpreters_head) as usize;
+                if head_at + 8 <= SIZE {
+                    bytes[head_at..head_at + 8].copy_from_slice(&(BASE + interp_off).to_le_bytes());
+                }
+                let next_at = (interp_off + layout.interp_next) as usize;
+                if next_at + 8 <= SIZE {
+                    bytes[next_at..next_at + 8].copy_from_slice(&0u64.to_le_bytes());
+                }
+                let mem = SliceMemory::new().with_region(BASE, bytes);
+                let mut symbols = types_in_region(&mut rng).by_name;
+                symbols.insert("_PyRuntime", BASE + runtime_off);
+                let binary = Binary {
+                    path: "/garbage/libpython3.so".into(),
+                    load_bias: 0,
+                    version: Version {
+                        major: layout.version.0,
+                        minor: layout.version.1,
+                        micro: None,
+                    },
+                    symbols,
+                };
+                let Ok(interp) = Interpreter::with_memory(pid, binary, mem) else {
+                    continue;
+                };
+                attached += 1;
+                if let Ok(threads) = interp.threads() {
+                    for t in threads.iter().take(8) {
+                        for f in interp.frames(t).unwrap_or_default().iter().take(8) {
+                            let _ = interp.frame_locals(f);
+                            let _ = interp.code_name(f.code);
+                        }
+                    }
+                }
+                let _ = interp.tid_map();
+                let _ = interp.modules();
+                let cmdline = vec!["gunicorn".to_owned(), "app:app".to_owned()];
+                let _ = find_apps(&interp, &cmdline);
+                for _ in 0..20 {
+                    let _ = read_url_map(&interp, (BASE + rng.next_u64() % SIZE as u64) & !7);
+                }
+            }
+        }
+    }
+    assert!(
+        attached > 10,
+        "only {attached} garbage interpreters attached"
+    );
+    eprintln!(
+        "{attached} garbage interpreters walked in {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        start.elapsed()
+    );
 }

@@ -4,39 +4,12 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::python::{memory::SliceMemory, testutil::XorShift};
+use crate::python::{
+    memory::SliceMemory,
+    testutil::{memories, XorShift, BASE, SIZE},
+};
 
-const BASE: u64 = 0x10_0000;
-const SIZE: usize = 1 << 16;
-
-/// Random bytes; or every word a pointer into the region (cycles everywhere); or huge lengths.
-fn memories(seed: u64) -> Vec<SliceMemory> {
-    let mut rng = XorShift(seed);
-    let random: Vec<u8> = (0..SIZE / 8)
-        .flat_map(|_| rng.next_u64().to_le_bytes())
-        .collect();
-    let cyclic: Vec<u8> = (0..SIZE / 8)
-        .flat_map(|_| (BASE + (rng.next_u64() % (SIZE as u64 / 8)) * 8).to_le_bytes())
-        .collect();
-    let mixed: Vec<u8> = (0..SIZE / 8)
-        .flat_map(|i| {
-            let w = match i % 4 {
-                0 => BASE + (rng.next_u64() % (SIZE as u64 / 8)) * 8,
-                1 => u64::MAX - (rng.next_u64() % 4),
-                2 => rng.next_u64() % 64,
-                _ => 0x7fff_ffff_ffff_fff0,
-            };
-            w.to_le_bytes()
-        })
-        .collect();
-    vec![
-        SliceMemory::new().with_region(BASE, random),
-        SliceMemory::new().with_region(BASE, cyclic),
-        SliceMemory::new().with_region(BASE, mixed),
-    ]
-}
-
-fn types_in_region(rng: &mut XorShift) -> KnownTypes {
+pub(crate) fn types_in_region(rng: &mut XorShift) -> KnownTypes {
     let mut types = KnownTypes::default();
     for name in crate::python::binary::SYMBOLS {
         types
