@@ -157,52 +157,54 @@ pub fn upsert_routes(
         what: "record the route table",
         source,
     };
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    // The whole table in three statements (a statement costs about a millisecond, and a big app has
+    // hundreds of rules): staged in a temporary table, then matched against the stored rows at once.
+    // Lists cannot be bound as parameters: one placeholder per method.
+    let mut rows = Vec::with_capacity(keys.len());
+    let mut values = Vec::new();
+    for (endpoint, rule, methods) in &keys {
+        rows.push(format!(
+            "(?, ?, CAST([{}] AS VARCHAR[]))",
+            vec!["?"; methods.len()].join(", ")
+        ));
+        values.push(Value::Text((*endpoint).to_owned()));
+        values.push(Value::Text((*rule).to_owned()));
+        values.extend(methods.iter().map(|m| Value::Text((*m).to_owned())));
+    }
+    let stage = format!(
+        "CREATE OR REPLACE TEMP TABLE route_table AS SELECT * FROM (VALUES {}) AS t(endpoint, rule, methods)",
+        rows.join(", ")
+    );
     let at = Value::Timestamp(TimeUnit::Microsecond, at);
     conn.execute_batch("BEGIN TRANSACTION").map_err(sql_err)?;
     let written = (|| {
-        for (endpoint, rule, methods) in &keys {
-            // Lists cannot be bound as parameters: one placeholder per method, after the four others.
-            let list = list_sql(5, methods.len());
-            let mut values = vec![
-                at.clone(),
-                Value::BigInt(run_id),
-                Value::Text((*endpoint).to_owned()),
-                Value::Text((*rule).to_owned()),
-            ];
-            values.extend(methods.iter().map(|m| Value::Text((*m).to_owned())));
-            let updated = conn.execute(
-                &format!(
-                    "UPDATE endpoints SET last_seen = greatest(last_seen, ?1), last_run_id = ?2 \
-                     WHERE endpoint = ?3 AND rule = ?4 AND methods = {list}"
-                ),
-                params_from_iter(&values),
-            )?;
-            if updated == 0 {
-                conn.execute(
-                    &format!(
-                        "INSERT INTO endpoints (first_seen, last_seen, first_run_id, last_run_id, endpoint, rule, \
-                         methods) SELECT ?1, ?1, ?2, ?2, ?3, ?4, {list}"
-                    ),
-                    params_from_iter(&values),
-                )?;
-            }
-        }
-        conn.execute_batch("COMMIT")
+        conn.execute(&stage, params_from_iter(&values))?;
+        conn.execute(
+            "UPDATE endpoints SET last_seen = greatest(endpoints.last_seen, ?), last_run_id = ? \
+             FROM route_table n \
+             WHERE endpoints.endpoint = n.endpoint AND endpoints.rule = n.rule AND endpoints.methods = n.methods",
+            params![at, run_id],
+        )?;
+        conn.execute(
+            "INSERT INTO endpoints (endpoint, rule, methods, first_seen, last_seen, first_run_id, last_run_id) \
+             SELECT endpoint, rule, methods, ?1, ?1, ?2, ?2 FROM route_table n WHERE NOT EXISTS ( \
+                 SELECT 1 FROM endpoints e \
+                 WHERE e.endpoint = n.endpoint AND e.rule = n.rule AND e.methods = n.methods)",
+            params![at, run_id],
+        )?;
+        conn.execute_batch("DROP TABLE route_table; COMMIT")
     })();
     match written {
         Ok(()) => Ok(keys.len()),
         Err(source) => {
-            // Best effort: the write's own error is the one to report.
+            // Best effort: the write's own error is the one to report (the rollback drops the stage too).
             let _ = conn.execute_batch("ROLLBACK");
             Err(sql_err(source))
         }
     }
-}
-
-/// A `VARCHAR[]` of `n` numbered placeholders from `?first`.
-fn list_sql(first: usize, n: usize) -> String {
-    let items: Vec<String> = (first..first + n).map(|i| format!("?{i}")).collect();
-    format!("CAST([{}] AS VARCHAR[])", items.join(", "))
 }
 
 /// The endpoints as of `now`: every (endpoint, rule) of the stored route tables, requested or not, and
@@ -335,18 +337,23 @@ impl PendingEndpoints {
         self.mode = Some((mode, rules, at));
     }
 
-    /// Writes what is pending in arrival order, keeping what failed.
+    /// Writes what is pending (route tables in arrival order), keeping what failed; the error is the
+    /// first one.
     pub(super) fn write(&mut self, conn: &Connection, run_id: i64) -> Result<(), Error> {
+        // The mode first: a table that cannot be written must not hold it back.
+        let mode = match &self.mode {
+            Some((mode, rules, at)) => set_attribution(conn, run_id, mode, *rules, *at),
+            None => Ok(()),
+        };
+        if mode.is_ok() {
+            self.mode = None;
+        }
         while let Some((at, routes)) = self.tables.front() {
             let rules = upsert_routes(conn, run_id, *at, routes)?;
             tracing::debug!(rules, "route table recorded");
             self.tables.pop_front();
         }
-        if let Some((mode, rules, at)) = &self.mode {
-            set_attribution(conn, run_id, mode, *rules, *at)?;
-            self.mode = None;
-        }
-        Ok(())
+        mode
     }
 }
 
@@ -821,6 +828,45 @@ mod tests {
     }
 
     #[test]
+    fn odd_strings_are_stored_as_they_are() {
+        let (_dir, store) = open();
+        let conn = store.connection();
+        let odd = [
+            "a\0b",
+            "'; DROP TABLE endpoints; --",
+            "\u{1f600}\u{e9}",
+            "",
+            "\\?",
+        ];
+        let table: Vec<RouteInfo> = odd
+            .iter()
+            .map(|s| route(s, &format!("/{s}"), &[s, "GET"]))
+            .collect();
+        assert_eq!(
+            upsert_routes(conn, 1, NOW, &table).expect("routes"),
+            odd.len()
+        );
+        let mut got: Vec<(String, String, Vec<String>)> = endpoints(conn, NOW)
+            .expect("endpoints")
+            .into_iter()
+            .map(|r| (r.endpoint, r.rule, r.methods))
+            .collect();
+        got.sort();
+        let mut expect: Vec<(String, String, Vec<String>)> = odd
+            .iter()
+            .map(|s| {
+                let mut methods = vec![(*s).to_owned(), "GET".to_owned()];
+                methods.sort();
+                ((*s).to_owned(), format!("/{s}"), methods)
+            })
+            .collect();
+        expect.sort();
+        assert_eq!(got, expect);
+        assert_eq!(upsert_routes(conn, 1, NOW, &[]).expect("empty table"), 0);
+        assert_eq!(stored(conn).len(), odd.len());
+    }
+
+    #[test]
     fn one_rule_twice_in_a_table_shows_the_union_of_methods() {
         let (_dir, store) = open();
         let conn = store.connection();
@@ -969,6 +1015,42 @@ mod tests {
         let runs: Vec<(i64, i64)> = stored(&reader).into_iter().map(|r| (r.5, r.6)).collect();
         assert_eq!(runs, [(2, 2), (2, 2)]);
         handle.stop().await.expect("stop");
+    }
+
+    #[tokio::test]
+    async fn a_route_table_that_cannot_be_written_is_retried() {
+        let (_dir, store) = open();
+        let reader = store.reader().expect("reader");
+        let run = RunInfo {
+            target_pid: 1,
+            version: "0.0.0".into(),
+            started_at: NOW,
+        };
+        let (handle, _thread) = spawn_writer(store, run).expect("spawn");
+        reader
+            .execute_batch("ALTER TABLE endpoints RENAME TO away")
+            .expect("hide");
+        handle
+            .set_routes(vec![route("a", "/a", &["GET"])])
+            .await
+            .expect("routes");
+        handle
+            .set_attribution_mode(modes::FLASK_ROUTES, 1)
+            .await
+            .expect("mode");
+        assert!(handle.flush().await.is_err());
+        // The mode did not wait for the table.
+        assert_eq!(
+            attribution(&reader).expect("mode").mode,
+            modes::FLASK_ROUTES
+        );
+        reader
+            .execute_batch("ALTER TABLE away RENAME TO endpoints")
+            .expect("restore");
+        handle.flush().await.expect("retry");
+        assert_eq!(stored(&reader).len(), 1);
+        let report = handle.stop().await.expect("stop");
+        assert_eq!(report.write_errors, 1);
     }
 
     #[test]
