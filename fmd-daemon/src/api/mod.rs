@@ -1,6 +1,7 @@
 //! The daemon's HTTP API: JSON under `/api/` over what `store` holds. Reads `store` only; never calls into
 //! `capture`.
 
+mod endpoints;
 mod error;
 mod requests;
 
@@ -56,6 +57,7 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/requests", get(requests::requests))
+        .route("/api/endpoints", get(endpoints::endpoints))
         .route("/api/stats", get(requests::stats))
         .route("/api/health", get(requests::health))
         .layer(TraceLayer::new_for_http())

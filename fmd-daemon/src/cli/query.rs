@@ -1,4 +1,4 @@
-//! `fmd-daemon query ...`: reads requests and stats from the running daemon's API when `<db>.daemon` names
+//! `fmd-daemon query ...`: reads requests, endpoints and stats from the running daemon's API when `<db>.daemon` names
 //! a live one (it holds the DuckDB file), else from the file read-only, and prints them as an aligned
 //! table, JSON lines or CSV. The output is the same either way.
 
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::store::{
     self,
     time::{format_us, now_us, parse_instant, Micros},
-    DaemonFile, RequestFilter, RequestRow, Stats, Store,
+    DaemonFile, EndpointList, RequestFilter, RequestRow, Stats, Store,
 };
 
 pub const DEFAULT_DB: &str = "/var/lib/fmd/fmd.duckdb";
@@ -37,6 +37,9 @@ pub struct QueryArgs {
 pub enum QueryCommand {
     /// Stored requests, oldest first.
     Requests(RequestsArgs),
+    /// Every endpoint of the app, requested or not, with hits (all time, since 00:00 UTC, last 7 days)
+    /// and latency; most requested first.
+    Endpoints,
     /// Counters summed over every daemon run (events lost, unparseable requests, ...).
     Stats,
 }
@@ -90,6 +93,15 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         QueryCommand::Requests(requests) => {
             let rows = source.requests(&requests.filter(now_us())?)?;
             write_requests(&rows, args.format, &mut out)
+        }
+        QueryCommand::Endpoints => {
+            let list = source.endpoints(now_us())?;
+            if args.format == Format::Table {
+                // Not part of the table, so `| sort` and friends see rows only.
+                let mut err = io::stderr().lock();
+                let _ = writeln!(err, "{}", super::describe_endpoints(&list));
+            }
+            super::write_endpoints(&list.endpoints, args.format, &mut out)
         }
         QueryCommand::Stats => write_stats(&source.stats()?, args.format, &mut out),
     };
@@ -147,6 +159,17 @@ impl Source {
                     Fetched::Unreachable(e) => Self::fallback(db, &e)?.requests(filter),
                 }
             }
+        }
+    }
+
+    /// `now` is used for the file; the daemon answers as of its own clock.
+    fn endpoints(&self, now: Micros) -> anyhow::Result<EndpointList> {
+        match self {
+            Self::File(store) => Ok(store::endpoint_list(store.connection(), now)?),
+            Self::Daemon { listen, db } => match fetch(*listen, "/api/endpoints", &[])? {
+                Fetched::Got(list) => Ok(list),
+                Fetched::Unreachable(e) => Self::fallback(db, &e)?.endpoints(now),
+            },
         }
     }
 
@@ -330,14 +353,14 @@ pub fn write_stats(stats: &Stats, format: Format, out: &mut dyn Write) -> io::Re
     }
 }
 
-fn json_line(value: &impl serde::Serialize, out: &mut dyn Write) -> io::Result<()> {
+pub(super) fn json_line(value: &impl serde::Serialize, out: &mut dyn Write) -> io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
 }
 
 /// Columns separated by two spaces, each as wide as its widest cell (in chars), numbers right-aligned; no
 /// trailing spaces.
-fn write_table(
+pub(super) fn write_table(
     header: &[&str],
     right: &[bool],
     rows: &[Vec<String>],
@@ -576,6 +599,61 @@ symbols_unknown         7
             (Some("15m"), Some(3))
         );
         assert!(Cli::try_parse_from(["fmd-daemon", "query", "stats", "--format", "xml"]).is_err());
+        let cli = Cli::try_parse_from(["fmd-daemon", "query", "endpoints", "--format", "json"])
+            .expect("parse endpoints");
+        let Top::Query(args) = cli.query;
+        assert!(matches!(
+            (args.command, args.format),
+            (QueryCommand::Endpoints, Format::Json)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn endpoints_are_the_same_from_the_daemon_and_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = db_with_rows(dir.path(), 6);
+        let routes = vec![crate::flask::RouteInfo {
+            rule: "/never".into(),
+            endpoint: "never".into(),
+            methods: vec!["GET".into()],
+            strict_slashes: true,
+            host: None,
+            subdomain: None,
+        }];
+        let store = Store::open(&db).expect("daemon open");
+        store::upsert_routes(store.connection(), 1, now_us(), &routes).expect("routes");
+        store::set_attribution(
+            store.connection(),
+            1,
+            store::modes::FLASK_ROUTES,
+            1,
+            now_us(),
+        )
+        .expect("mode");
+        let from_file = store::endpoint_list(store.connection(), now_us()).expect("list");
+        // request(i) gives an endpoint to even i only: three are unmatched.
+        assert_eq!((from_file.unmatched, from_file.endpoints.len()), (3, 2));
+        let app = crate::api::router(crate::api::AppState::new(store.reader().expect("reader")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let listen = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        DaemonFile {
+            pid: std::process::id(),
+            listen,
+        }
+        .write(&db)
+        .expect("daemon file");
+        let from_daemon = tokio::task::spawn_blocking(move || {
+            let source = Source::find(&db).expect("source");
+            assert!(matches!(source, Source::Daemon { .. }));
+            source.endpoints(now_us()).expect("endpoints")
+        })
+        .await
+        .expect("task");
+        assert_eq!(from_daemon, from_file);
+        drop(store);
     }
 
     fn db_with_rows(dir: &Path, n: u32) -> PathBuf {

@@ -7,6 +7,7 @@
 //! and [`Store::open_read_only`] otherwise.
 
 mod daemon_file;
+mod endpoints;
 mod requests;
 pub mod schema;
 mod stats;
@@ -22,6 +23,10 @@ use duckdb::{AccessMode, Config, Connection};
 
 pub use self::{
     daemon_file::DaemonFile,
+    endpoints::{
+        attribution, endpoint_list, endpoints, mode_name, modes, set_attribution, unmatched,
+        upsert_routes, Attribution, EndpointList, EndpointRow, MONITOR_LEVEL,
+    },
     requests::{append_requests, requests, RequestFilter, RequestRow},
     stats::{begin_run, counters, end_run, names, set_counters, stats, RunInfo, Stats},
     writer::{spawn_writer, WriterHandle, WriterReport},

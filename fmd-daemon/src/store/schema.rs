@@ -52,6 +52,29 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX requests_ts ON requests (ts);
     CREATE INDEX requests_endpoint_ts ON requests (endpoint, ts);
     ",
+    // 2: the app's endpoints as read from its route table (so never-requested ones are listed too), and
+    // how each run attributes requests to endpoints.
+    "
+    -- One row per (endpoint, rule, methods) ever seen in a route table; a rule gone from a newer deploy
+    -- keeps its row and its last_seen. The writer keeps the triple unique (DuckDB indexes no lists).
+    CREATE TABLE endpoints (
+        endpoint      VARCHAR NOT NULL,
+        rule          VARCHAR NOT NULL,
+        -- Sorted, without duplicates; empty means any method (a Werkzeug rule with methods=None).
+        methods       VARCHAR[] NOT NULL,
+        first_seen    TIMESTAMP NOT NULL,
+        last_seen     TIMESTAMP NOT NULL,
+        first_run_id  BIGINT NOT NULL,
+        last_run_id   BIGINT NOT NULL
+    );
+    -- Per run: flask-routes, path-templates or pending, and the rules in the last route table read.
+    CREATE TABLE attribution (
+        run_id      BIGINT PRIMARY KEY,
+        mode        VARCHAR NOT NULL,
+        rules       UBIGINT NOT NULL,
+        updated_at  TIMESTAMP NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes and understands.
@@ -133,7 +156,14 @@ mod tests {
         assert_eq!(version(store.connection()).expect("version"), VERSION);
         assert_eq!(
             tables(store.connection()),
-            ["counters", "daemon_runs", "requests", "schema_version"]
+            [
+                "attribution",
+                "counters",
+                "daemon_runs",
+                "endpoints",
+                "requests",
+                "schema_version"
+            ]
         );
     }
 

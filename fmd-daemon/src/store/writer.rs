@@ -12,12 +12,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     append_requests,
+    endpoints::{modes, set_attribution, PendingEndpoints},
     requests::next_request_id,
     stats::{begin_run, end_run, names, set_counters, RunInfo},
     time::now_us,
     Error, Store,
 };
-use crate::request::Request;
+use crate::{flask::RouteInfo, request::Request};
 
 /// Longest time a received request waits before it is written.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,6 +36,8 @@ const STOP_RETRY_PAUSE: Duration = Duration::from_millis(200);
 enum Message {
     Insert(Vec<Request>),
     Counters(Vec<(String, i64)>),
+    Routes(Vec<RouteInfo>),
+    Attribution { mode: String, rules: u64 },
     Flush(oneshot::Sender<Result<(), Error>>),
     Stop(oneshot::Sender<WriterReport>),
 }
@@ -92,6 +95,27 @@ impl WriterHandle {
             .map_err(|_| Error::WriterGone)
     }
 
+    /// Records a worker's route table (all endpoints of the app, requested or not), read now; rules of
+    /// earlier tables stay recorded. Written with the next batch.
+    pub async fn set_routes(&self, routes: Vec<RouteInfo>) -> Result<(), Error> {
+        self.tx
+            .send(Message::Routes(routes))
+            .await
+            .map_err(|_| Error::WriterGone)
+    }
+
+    /// Records how this run attributes requests ([`modes`]: see [`super::mode_name`]) and the rules of the
+    /// latest route table read. A run starts [`modes::PENDING`]. Written with the next batch.
+    pub async fn set_attribution_mode(&self, mode: &str, rules: usize) -> Result<(), Error> {
+        self.tx
+            .send(Message::Attribution {
+                mode: mode.to_owned(),
+                rules: u64::try_from(rules).unwrap_or(u64::MAX),
+            })
+            .await
+            .map_err(|_| Error::WriterGone)
+    }
+
     /// Writes everything queued before this call; the error is the write's when it failed (the rows are
     /// kept and retried).
     pub async fn flush(&self) -> Result<(), Error> {
@@ -129,6 +153,13 @@ fn spawn_with(
     max_pending: usize,
 ) -> Result<(WriterHandle, JoinHandle<WriterReport>), Error> {
     let run_id = begin_run(store.connection(), &run)?;
+    set_attribution(
+        store.connection(),
+        run_id,
+        modes::PENDING,
+        0,
+        run.started_at,
+    )?;
     let next_id = next_request_id(store.connection())?;
     // A private current-thread runtime gives the blocking thread a receive with a timeout.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -143,6 +174,7 @@ fn spawn_with(
         max_pending,
         counters: BTreeMap::new(),
         counters_dirty: false,
+        endpoints: PendingEndpoints::default(),
         report: WriterReport {
             run_id,
             ..WriterReport::default()
@@ -162,6 +194,7 @@ struct Writer {
     max_pending: usize,
     counters: BTreeMap<String, i64>,
     counters_dirty: bool,
+    endpoints: PendingEndpoints,
     report: WriterReport,
 }
 
@@ -187,6 +220,10 @@ impl Writer {
                     self.counters.extend(values);
                     self.counters_dirty = true;
                 }
+                Ok(Some(Message::Routes(routes))) => self.endpoints.routes(now_us(), routes),
+                Ok(Some(Message::Attribution { mode, rules })) => {
+                    self.endpoints.mode(now_us(), mode, rules);
+                }
                 Ok(Some(Message::Flush(ack))) => {
                     // The requester may have gone away; nothing to do about it.
                     let _ = ack.send(self.write());
@@ -210,7 +247,7 @@ impl Writer {
         }
     }
 
-    /// Writes pending requests and changed counters.
+    /// Writes pending requests, changed counters, route tables and the attribution mode.
     fn write(&mut self) -> Result<(), Error> {
         let conn = self.store.connection();
         if !self.pending.is_empty() {
@@ -229,6 +266,9 @@ impl Writer {
                 return Err(self.failed(e));
             }
             self.counters_dirty = false;
+        }
+        if let Err(e) = self.endpoints.write(conn, self.report.run_id) {
+            return Err(self.failed(e));
         }
         Ok(())
     }
