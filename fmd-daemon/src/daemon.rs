@@ -89,6 +89,8 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         routes_tx,
         routes_asked: std::collections::HashSet::new(),
         route_reads: 0,
+        new_routes: None,
+        stored_mode: None,
         writer: writer.clone(),
         target: target.pid(),
         assembled: Vec::new(),
@@ -152,6 +154,10 @@ struct Pipeline {
     /// Workers whose route table was asked for, and how many reads are still under way.
     routes_asked: std::collections::HashSet<u32>,
     route_reads: usize,
+    /// A route table read since the last tick, for the store's endpoint list.
+    new_routes: Option<Vec<crate::flask::RouteInfo>>,
+    /// The attribution mode and rule count last stored.
+    stored_mode: Option<(&'static str, usize)>,
     writer: WriterHandle,
     target: u32,
     /// Requests out of the assembler, not yet attributed.
@@ -263,8 +269,12 @@ impl Pipeline {
                     host_matching: map.host_matching,
                     ..MapOptions::default()
                 };
+                let routes = map.routes.clone();
                 match self.attributor.set_routes(pid, map.routes, options, &mut self.batch) {
-                    Ok(rules) => info!(pid, rules, "read the Flask route table"),
+                    Ok(rules) => {
+                        info!(pid, rules, "read the Flask route table");
+                        self.new_routes = Some(routes);
+                    }
                     Err(e) => {
                         warn!(pid, error = %e, "cannot use the route table: endpoints will be path templates");
                         self.attributor.set_unavailable(pid, &mut self.batch);
@@ -339,7 +349,24 @@ impl Pipeline {
         }
     }
 
+    /// Stores route tables read since the last call and the attribution mode when it changed.
+    async fn store_attribution(&mut self) {
+        if let Some(routes) = self.new_routes.take() {
+            if let Err(e) = self.writer.set_routes(routes).await {
+                warn!(error = %e, "cannot store the route table");
+            }
+        }
+        let mode = (store::mode_name(self.attributor.mode()), self.attributor.routes().map_or(0, <[_]>::len));
+        if self.stored_mode != Some(mode) {
+            if let Err(e) = self.writer.set_attribution_mode(mode.0, mode.1).await {
+                warn!(error = %e, "cannot store the attribution mode");
+            }
+            self.stored_mode = Some(mode);
+        }
+    }
+
     async fn store_counters(&mut self) {
+        self.store_attribution().await;
         let a = self.assembler.counters();
         let r = self.attributor.counters();
         let mut values = vec![

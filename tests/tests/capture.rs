@@ -172,7 +172,8 @@ fn attach_to_running_app_and_follow_new_workers() {
     }
     let Some(venv) = Venv::get("debian3.11") else { return };
     let dir = TempDir::new("attach");
-    let app = Gunicorn::start(&venv, &GunicornOptions::default());
+    // One worker, so that every request after the kill is served by its replacement.
+    let app = Gunicorn::start(&venv, &GunicornOptions { workers: 1, ..Default::default() });
     for i in 0..20 {
         Conn::tcp(&app.addr).and_then(|mut c| c.send(&Req::get(&format!("/hello/before?b={i}")))).expect("request");
     }
@@ -190,7 +191,7 @@ fn attach_to_running_app_and_follow_new_workers() {
     // SAFETY: kill(2) on a worker of our own gunicorn.
     unsafe { libc::kill(old[0] as i32, libc::SIGKILL) };
     let new_worker = loop {
-        let now = app.wait_for_workers(2);
+        let now = app.wait_for_workers(1);
         if let Some(&w) = now.iter().find(|w| !old.contains(w)) {
             break w;
         }
@@ -202,7 +203,7 @@ fn attach_to_running_app_and_follow_new_workers() {
     assert_eq!(rows.len(), sent, "every request after attachment, and only those");
     assert!(rows.iter().all(|r| r["path"] == "/hello/after"), "requests before attachment are not in the store");
     let by_new = rows.iter().filter(|r| r["worker_pid"] == u64::from(new_worker)).count();
-    assert!(by_new > 0, "the replacement worker {new_worker} served requests, fmd must have them");
+    assert_eq!(by_new, 100, "the replacement worker {new_worker} served the last 100 requests");
 }
 
 /// The app's own HTTP client connection (to a local upstream) is not a served request.

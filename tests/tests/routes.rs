@@ -79,6 +79,24 @@ fn attribution(label: &str) {
         routed += usize::from(got.is_some());
     }
     assert!(routed > rows.len() / 2, "most cases reach a view ({routed} of {})", rows.len());
+
+    // Every rule of the app is listed, requested or not, with its methods and hit count.
+    let endpoints = tests::fixtures::query(&daemon.db, "endpoints", &[]);
+    let by_rule: HashMap<&str, &Value> = endpoints.iter().map(|e| (e["rule"].as_str().expect("rule"), e)).collect();
+    let never = by_rule["/never/requested/<int:x>"];
+    assert_eq!(never["endpoint"], "never_requested");
+    assert_eq!(never["hits"], 0);
+    assert_eq!(never["last_requested"], Value::Null);
+    let methods = |rule: &str| -> Vec<String> {
+        by_rule[rule]["methods"].as_array().expect("methods").iter().map(|m| m.as_str().expect("str").to_owned()).collect()
+    };
+    assert_eq!(methods("/api/items/<int:item_id>"), ["DELETE", "GET", "HEAD", "OPTIONS"]);
+    assert_eq!(by_rule["/shop/items/<int:item_id>"]["hits"], 3);
+    assert_eq!(by_rule["/shop/items/<int:item_id>"]["endpoint"], "shop.item");
+    let thing: Vec<_> = endpoints.iter().filter(|e| e["rule"] == "/thing").map(|e| e["endpoint"].as_str().unwrap_or_default()).collect();
+    assert_eq!(thing.len(), 2, "one rule, two views by method: {thing:?}");
+    // The 17 rules of routes_app.py plus Flask's static route.
+    assert_eq!(endpoints.len(), 18, "{endpoints:?}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The daemon's HTTP API: JSON under `/api/` over what `store` holds. Reads `store` only; never calls into
 //! `capture`.
 
+mod overview;
 mod endpoints;
 mod error;
 mod requests;
@@ -56,6 +57,7 @@ impl AppState {
 /// The API routes, with a request span on every call. The lead merges the web UI's routes onto it.
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(overview::page))
         .route("/api/requests", get(requests::requests))
         .route("/api/endpoints", get(endpoints::endpoints))
         .route("/api/stats", get(requests::stats))
