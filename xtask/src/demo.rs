@@ -65,7 +65,11 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let gunicorn = Guard(
         Command::new(venv.join("bin/gunicorn"))
-            .args(["--workers", "2", "--bind", &app_addr, "--access-logfile", "/dev/null", "demo_app:app"])
+            .args(["--workers", "2", "--bind", &app_addr, "--access-logfile", "/dev/null"])
+            // The demo app fails on purpose now and then; its tracebacks go to a file, not over the guide.
+            .arg("--error-logfile")
+            .arg(paths::workspace().join(".fmd/demo-gunicorn.log"))
+            .arg("demo_app:app")
             .current_dir(paths::workspace().join("tests/apps"))
             .spawn()
             .context("cannot start gunicorn")?,
