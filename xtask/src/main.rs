@@ -24,7 +24,8 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.parent().unwrap_or(&manifest).to_path_buf();
     let result = match cli.command {
         Cmd::GenOffsets { pyenv_root } => {
             offsets::gen_offsets(pyenv_root, &root.join("fmd-daemon/src/python/offsets.rs"))
