@@ -82,7 +82,8 @@ pub fn routes(pid: u32) -> Result<UrlMap, Error> {
 /// more than one), in the order [`find_apps`] found them.
 pub fn apps(pid: u32) -> Result<Vec<(FoundApp, UrlMap)>, Error> {
     let py = |source| Error::Python { pid, source };
-    let interp = Interpreter::attach(pid).map_err(py)?;
+    // One burst of reads over a snapshot-ish view: 16 MiB of pages at most.
+    let interp = Interpreter::attach_cached(pid, 4096).map_err(py)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline: Vec<String> = cmdline
         .split(|&b| b == 0)

@@ -6,7 +6,7 @@ use std::{collections::HashMap, fs, sync::Mutex};
 use super::{
     binary::{Binary, Version},
     layout::{Layout, DEBUG_OFFSETS_COOKIE},
-    memory::{Memory, ProcessMemory},
+    memory::{Memory, PageCache, ProcessMemory},
     objects::{KnownTypes, Reader},
     Error,
 };
@@ -61,6 +61,16 @@ impl Interpreter<ProcessMemory> {
     pub fn attach(pid: u32) -> Result<Self, Error> {
         let mem = ProcessMemory::new(pid);
         let binary = Binary::find(pid, &mem)?;
+        Self::with_memory(pid, binary, mem)
+    }
+}
+
+impl Interpreter<PageCache<ProcessMemory>> {
+    /// Like [`Interpreter::attach`], reading through a page cache of at most `max_pages` pages: for one-off
+    /// scans (route tables), not for state that must be fresh. Call `mem.clear()` between scans.
+    pub fn attach_cached(pid: u32, max_pages: usize) -> Result<Self, Error> {
+        let mem = PageCache::new(ProcessMemory::new(pid), max_pages);
+        let binary = Binary::find(pid, mem.inner())?;
         Self::with_memory(pid, binary, mem)
     }
 }

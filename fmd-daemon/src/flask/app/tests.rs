@@ -171,13 +171,16 @@ fn check(label: &str, pid: u32, j: &serde_json::Value, expect_via: &str) {
         "{label}"
     );
     // The convenience entry point agrees.
+    let start = std::time::Instant::now();
+    let again = routes(pid);
+    let took = start.elapsed();
     assert_eq!(
-        routes(pid).map(|m| m.routes).ok(),
+        again.map(|m| m.routes).ok(),
         Some(want),
         "{label}: routes()"
     );
     eprintln!(
-        "{label}: ok ({} routes, via {})",
+        "{label}: ok ({} routes, via {}; routes() took {took:?})",
         map.routes.len(),
         apps[0].via
     );
