@@ -56,20 +56,34 @@ const MAX_RULES: usize = 100_000;
 const MAX_VISITS: usize = 200_000;
 const WRAPPER_ATTRS: &[&str] = &["app", "wsgi_app", "application", "wsgi", "callable", "_app"];
 
-/// Attaches to `pid`, finds its Flask app(s) and reads the first one's url_map.
+/// Attaches to `pid`, finds its Flask app(s) and reads the first one's url_map (see [`apps`] for all).
 pub fn routes(pid: u32) -> Result<UrlMap, Error> {
+    let mut all = apps(pid)?;
+    if all.is_empty() {
+        return Err(Error::NoFlaskApp { pid });
+    }
+    Ok(all.swap_remove(0).1)
+}
+
+/// Attaches to `pid` and reads the url_map of every Flask app found (several when a WSGI dispatcher mounts
+/// more than one), in the order [`find_apps`] found them.
+pub fn apps(pid: u32) -> Result<Vec<(FoundApp, UrlMap)>, Error> {
     let py = |source| Error::Python { pid, source };
-    let interp = Interpreter::attach(pid).map_err(py)?;
+    // One burst of reads over a snapshot-ish view: 16 MiB of pages at most.
+    let interp = Interpreter::attach_cached(pid, 4096).map_err(py)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline: Vec<String> = cmdline
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    let apps = find_apps(&interp, &cmdline)?;
-    let app = apps.first().ok_or(Error::NoFlaskApp { pid })?;
-    tracing::debug!(pid, app = app.addr, via = %app.via, "found Flask app");
-    read_url_map(&interp, app.addr)
+    let mut out = Vec::new();
+    for app in find_apps(&interp, &cmdline)? {
+        tracing::debug!(pid, app = app.addr, via = %app.via, "found Flask app");
+        let map = read_url_map(&interp, app.addr)?;
+        out.push((app, map));
+    }
+    Ok(out)
 }
 
 /// The `module:attr` app spec of a gunicorn command line: the argument shaped like `pkg.module:name` or

@@ -270,18 +270,26 @@ impl Binary {
         let version = match symbols.get("Py_Version") {
             Some(&addr) => version_from_hex(mem.read_u32(addr)?),
             None => {
-                let (major, minor) =
-                    version_from_file_name(file_name).ok_or(Error::UnknownVersion {
-                        path: PathBuf::from(path),
-                    })?;
-                let micro = file
-                    .section_by_name(".rodata")
-                    .and_then(|s| s.data().ok())
-                    .and_then(|d| version_from_rodata(d, major, minor));
-                Version {
-                    major,
-                    minor,
-                    micro,
+                let rodata = file.section_by_name(".rodata").and_then(|s| s.data().ok());
+                match version_from_file_name(file_name) {
+                    Some((major, minor)) => Version {
+                        major,
+                        minor,
+                        micro: rodata.and_then(|d| version_from_rodata(d, major, minor)),
+                    },
+                    // A bare `python3`: the versions without `Py_Version` are 3.8 to 3.10.
+                    None => (8..=10)
+                        .find_map(|minor| {
+                            let micro = version_from_rodata(rodata?, 3, minor)?;
+                            Some(Version {
+                                major: 3,
+                                minor,
+                                micro: Some(micro),
+                            })
+                        })
+                        .ok_or(Error::UnknownVersion {
+                            path: PathBuf::from(path),
+                        })?,
                 }
             }
         };

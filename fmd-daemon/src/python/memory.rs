@@ -1,7 +1,11 @@
 //! Reading another process's memory without stopping it (`process_vm_readv`), behind a trait so the object
 //! readers can run on in-memory fixtures and random bytes too.
 
-use std::{collections::BTreeMap, io};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    sync::Mutex,
+};
 
 use super::Error;
 
@@ -168,6 +172,73 @@ impl Memory for ProcessMemory {
     }
 }
 
+/// A page cache over another [`Memory`], for one burst of many small reads (a whole `sys.modules` scan is
+/// ~100k reads; pymalloc packs objects densely, so whole pages cut the syscalls by orders of magnitude). The
+/// snapshot goes stale as the target runs: drop it (or [`PageCache::clear`]) after each burst.
+pub struct PageCache<M> {
+    inner: M,
+    pages: Mutex<HashMap<u64, Box<[u8]>>>,
+    max_pages: usize,
+}
+
+impl<M: Memory> PageCache<M> {
+    /// Caches at most `max_pages` pages (4 KiB each); when full it starts over.
+    pub fn new(inner: M, max_pages: usize) -> Self {
+        Self {
+            inner,
+            pages: Mutex::new(HashMap::new()),
+            max_pages,
+        }
+    }
+    pub fn clear(&self) {
+        self.pages.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+    pub fn inner(&self) -> &M {
+        &self.inner
+    }
+}
+
+impl<M: Memory> Memory for PageCache<M> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let len = buf.len() as u64;
+        let end = addr.checked_add(len).ok_or(Error::Invalid {
+            what: "address range",
+            addr,
+        })?;
+        // Large reads go straight through.
+        if len > 4 * PAGE {
+            return self.inner.read(addr, buf);
+        }
+        let mut pages = self.pages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut at = addr;
+        while at < end {
+            let page = at & !(PAGE - 1);
+            if !pages.contains_key(&page) {
+                let mut data = vec![0u8; PAGE as usize].into_boxed_slice();
+                if self.inner.read(page, &mut data).is_err() {
+                    // Not a whole readable page (SliceMemory fixtures): read the bytes asked for directly.
+                    drop(pages);
+                    return self.inner.read(addr, buf);
+                }
+                if pages.len() >= self.max_pages {
+                    pages.clear();
+                }
+                pages.insert(page, data);
+            }
+            let data = pages.get(&page).ok_or(Error::Invalid {
+                what: "page cache",
+                addr,
+            })?;
+            let from = (at - page) as usize;
+            let n = (PAGE - (at - page)).min(end - at) as usize;
+            let dst = (at - addr) as usize;
+            buf[dst..dst + n].copy_from_slice(&data[from..from + n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+}
+
 /// An address space made of a few byte regions: fixtures for unit tests and fuzzing. Reads must fall inside
 /// one region.
 #[derive(Clone, Debug, Default)]
@@ -234,6 +305,42 @@ mod tests {
         assert_eq!(mem.read_u32(0x3000).ok(), None);
         assert!(mem.read_bytes(0x1000, u64::MAX, 1 << 20).is_err());
         assert_eq!(mem.read_u16(0x3000).ok(), Some(u16::from_le_bytes(*b"hi")));
+    }
+
+    #[test]
+    fn page_cache_reads_like_its_inner_memory() {
+        let bytes: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        let plain = SliceMemory::new()
+            .with_region(0x10000, bytes)
+            .with_region(0x20000, vec![1, 2, 3]);
+        let cached = PageCache::new(plain.clone(), 2);
+        let check = |addr: u64, len: usize| {
+            let (mut a, mut b) = (vec![0u8; len], vec![0u8; len]);
+            let (ra, rb) = (plain.read(addr, &mut a), cached.read(addr, &mut b));
+            // The buffer's content is unspecified after a failed read.
+            assert_eq!(ra.is_ok(), rb.is_ok(), "{addr:#x}+{len}");
+            if ra.is_ok() {
+                assert_eq!(a, b, "{addr:#x}+{len}");
+            }
+        };
+        for (addr, len) in [
+            (0x10000, 8),
+            (0x10ffc, 8),
+            (0x11000, 4096),
+            (0x10010, 3 * 4096 - 16),
+            (0x12ff8, 16),
+            (0x20000, 3),
+            (0x20002, 2),
+            (0x30000, 1),
+        ] {
+            check(addr, len);
+        }
+        let value: u64 = 0x0102_0304_0506_0708;
+        let own = PageCache::new(ProcessMemory::new(std::process::id()), 16);
+        assert_eq!(
+            own.read_u64(std::ptr::addr_of!(value) as u64).ok(),
+            Some(value)
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{io, path::PathBuf};
 
 pub use binary::{Binary, Version};
 pub use layout::Layout;
-pub use memory::{Memory, ProcessMemory, SliceMemory};
+pub use memory::{Memory, PageCache, ProcessMemory, SliceMemory};
 pub use objects::Reader;
 pub use threads::{Frame, Interpreter, ThreadState};
 

@@ -6,7 +6,7 @@ use std::{collections::HashMap, fs, sync::Mutex};
 use super::{
     binary::{Binary, Version},
     layout::{Layout, DEBUG_OFFSETS_COOKIE},
-    memory::{Memory, ProcessMemory},
+    memory::{Memory, PageCache, ProcessMemory},
     objects::{KnownTypes, Reader},
     Error,
 };
@@ -61,6 +61,16 @@ impl Interpreter<ProcessMemory> {
     pub fn attach(pid: u32) -> Result<Self, Error> {
         let mem = ProcessMemory::new(pid);
         let binary = Binary::find(pid, &mem)?;
+        Self::with_memory(pid, binary, mem)
+    }
+}
+
+impl Interpreter<PageCache<ProcessMemory>> {
+    /// Like [`Interpreter::attach`], reading through a page cache of at most `max_pages` pages: for one-off
+    /// scans (route tables), not for state that must be fresh. Call `mem.clear()` between scans.
+    pub fn attach_cached(pid: u32, max_pages: usize) -> Result<Self, Error> {
+        let mem = PageCache::new(ProcessMemory::new(pid), max_pages);
+        let binary = Binary::find(pid, mem.inner())?;
         Self::with_memory(pid, binary, mem)
     }
 }
@@ -471,6 +481,13 @@ pub fn check_debug_offsets(
         });
     }
     let version = mem.read_u64(runtime.wrapping_add(d.version))?;
+    // `free_threaded` follows `version`: a free-threaded (3.13t) build has other object headers.
+    if mem.read_u64(runtime.wrapping_add(d.version + 8))? != 0 {
+        return Err(Error::BadDebugOffsets {
+            addr: runtime,
+            reason: "free-threaded builds are not supported",
+        });
+    }
     if (version >> 24, (version >> 16) & 0xff)
         != (u64::from(layout.version.0), u64::from(layout.version.1))
     {
@@ -553,5 +570,60 @@ mod tests {
         check("NSpid:\t4242\t17\t1\n", Some(1));
         check("Name:\tpython\n", None);
         check("NSpid:\n", None);
+    }
+
+    #[test]
+    fn debug_offsets_cross_check() {
+        use crate::python::memory::SliceMemory;
+        let layout = Layout::for_version(3, 13).expect("3.13");
+        let d = layout.debug_offsets.expect("3.13 has debug offsets");
+        const RUNTIME: u64 = 0x1000;
+        // A _PyRuntime whose _Py_DebugOffsets says what the table says, then altered by `edit`.
+        fn check(layout: &Layout, edit: impl Fn(&mut Vec<u8>), expect: Result<Vec<&str>, &str>) {
+            let d = layout.debug_offsets.expect("3.13");
+            let mut b = vec![0u8; 4096];
+            b[..8].copy_from_slice(b"xdebugpy");
+            b[d.version as usize..][..8].copy_from_slice(&0x030D_00F0u64.to_le_bytes());
+            for (_, ours, pos) in layout.debug_offset_checks() {
+                b[pos as usize..][..8].copy_from_slice(&ours.unwrap_or(0).to_le_bytes());
+            }
+            edit(&mut b);
+            let mem = SliceMemory::new().with_region(RUNTIME, b);
+            let got = check_debug_offsets(&mem, layout, RUNTIME)
+                .map(|m| m.into_iter().map(|(f, _, _)| f).collect::<Vec<_>>())
+                .map_err(|e| match e {
+                    Error::BadDebugOffsets { reason, .. } => reason,
+                    _ => "other error",
+                });
+            assert_eq!(got, expect);
+        }
+        check(layout, |_| {}, Ok(vec![]));
+        let native = d.tstate_native_thread_id as usize;
+        check(
+            layout,
+            |b| b[native] ^= 8,
+            Ok(vec!["thread_state.native_thread_id"]),
+        );
+        check(layout, |b| b[0] = b'X', Err("no xdebugpy cookie"));
+        check(
+            layout,
+            |b| b[d.version as usize + 2] = 12,
+            Err("version differs from the binary's"),
+        );
+        check(
+            layout,
+            |b| b[d.version as usize + 8] = 1,
+            Err("free-threaded builds are not supported"),
+        );
+        // And a process whose values differ gets them applied.
+        let mut l = *layout;
+        apply_debug_offsets(
+            &mut l,
+            &[
+                ("thread_state.native_thread_id", 160, 168),
+                ("interpreter_state.next", 0, 8),
+            ],
+        );
+        assert_eq!((l.tstate_native_thread_id, l.interp_next), (Some(168), 8));
     }
 }

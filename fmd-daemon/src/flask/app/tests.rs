@@ -171,13 +171,16 @@ fn check(label: &str, pid: u32, j: &serde_json::Value, expect_via: &str) {
         "{label}"
     );
     // The convenience entry point agrees.
+    let start = std::time::Instant::now();
+    let again = routes(pid);
+    let took = start.elapsed();
     assert_eq!(
-        routes(pid).map(|m| m.routes).ok(),
+        again.map(|m| m.routes).ok(),
         Some(want),
         "{label}: routes()"
     );
     eprintln!(
-        "{label}: ok ({} routes, via {})",
+        "{label}: ok ({} routes, via {}; routes() took {took:?})",
         map.routes.len(),
         apps[0].via
     );
@@ -259,6 +262,56 @@ fn reads_url_map_of_real_apps() {
             "gunicorn fmdapp:app",
         );
     }
+}
+
+/// Two apps behind werkzeug's DispatcherMiddleware: both are found, each with its own routes.
+#[test]
+fn finds_every_app_behind_a_dispatcher() {
+    const SCRIPT: &str = r#"
+import json, os, time
+from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+def build():
+    front, admin = Flask("front"), Flask("admin")
+    front.add_url_rule("/", "home", lambda: "h")
+    admin.add_url_rule("/users/<int:id>", "user", lambda id: "u")
+    print(json.dumps({"rules": sorted(r.rule for a in (front, admin) for r in a.url_map.iter_rules())}), flush=True)
+    return DispatcherMiddleware(front, {"/admin": admin})
+application = build()
+while True:
+    time.sleep(3600)
+"#;
+    let Some((label, python)) = interpreters().into_iter().find(|(l, _)| l == "pyenv 3.12") else {
+        eprintln!("skipping: no pyenv 3.12");
+        return;
+    };
+    let venv = venv(&label, &python, "3.12", &["flask", "gunicorn"]);
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg("-c").arg(SCRIPT);
+    let child =
+        spawn_json(cmd, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{label}: {e:#}"));
+    let found = apps(child.pid()).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let mut vias: Vec<&str> = found.iter().map(|(a, _)| a.via.as_str()).collect();
+    vias.sort_unstable();
+    assert_eq!(
+        vias,
+        [
+            "module __main__.application.app",
+            "module __main__.application.mounts"
+        ]
+    );
+    let mut rules: Vec<String> = found
+        .iter()
+        .flat_map(|(_, m)| m.routes.iter().map(|r| r.rule.clone()))
+        .collect();
+    rules.sort();
+    let want: Vec<String> = child.json["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(rules, want);
 }
 
 /// The whole pipeline (attach, threads, frames, modules, app search, url_map) over garbage memory: errors or
