@@ -1,6 +1,7 @@
 //! fmd's only automation: installing the toolchain pieces, building, testing, the demo and benchmarks.
 //! Run as `cargo xtask <command>` (the alias lives in .cargo/config.toml).
 
+mod bench;
 mod build;
 mod command;
 mod demo;
@@ -12,7 +13,7 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "fmd's build, test and demo tasks")]
+#[command(about = "fmd's build, test, demo and benchmark tasks")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +30,9 @@ enum Command {
     Test(test::Args),
     /// Start a sample Flask app under gunicorn, attach the daemon, send traffic and print where to look.
     Demo(demo::Args),
+    /// Measure fmd's overhead on a Flask app against Flask-MonitoringDashboard and py-spy, the daemon's capture
+    /// capacity and query speed at scale; writes BENCHMARKS.md and tests/bench/results.json.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -38,6 +42,7 @@ fn main() {
         Command::Build => build::release().map(|_| ()),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

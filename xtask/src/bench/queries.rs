@@ -1,0 +1,249 @@
+//! Query speed at scale: the same synthetic requests in an fmd DuckDB store and in Flask-MonitoringDashboard's
+//! SQLite schema, and the dashboard's views timed on each (tests/bench/query_store.py does the work in
+//! Python, where both engines have their official bindings).
+
+use std::{
+    fs,
+    path::Path,
+    process::Command,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Deserialize;
+
+use super::{
+    daemon::Features,
+    results::{Queries, QueryScale, Timing, ViewTiming},
+};
+use crate::{command, paths};
+
+pub struct Settings {
+    pub scales: Vec<u64>,
+    pub runs: u32,
+    /// Wall time after which a view stops being repeated (it has run at least once).
+    pub budget_s: u64,
+}
+
+/// What query_store.py prints.
+#[derive(Debug, Deserialize, PartialEq)]
+struct Output {
+    rows: u64,
+    schema_note: Option<String>,
+    views: std::collections::BTreeMap<String, Timed>,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+struct Timed {
+    p50_ms: f64,
+    runs: u32,
+}
+
+const VIEWS: &[&str] = &[
+    "overview",
+    "heatmap",
+    "version_quartiles",
+    "grouped_profile",
+];
+
+pub struct Env<'a> {
+    pub app_venv: &'a Path,
+    pub tools_venv: &'a Path,
+    pub daemon: &'a Path,
+    pub features: &'a Features,
+    pub work: &'a Path,
+}
+
+pub fn run(env: &Env<'_>, settings: &Settings) -> Queries {
+    let start_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        - 30 * 86_400;
+    let mut queries = Queries {
+        note: None,
+        scales: vec![],
+    };
+    for &rows in &settings.scales {
+        eprintln!("bench: queries, {rows} requests");
+        let fmd = store(env, settings, "duckdb", rows, start_epoch);
+        let dashboard = store(env, settings, "dashboard", rows, start_epoch);
+        queries.scales.push(scale(rows, fmd, dashboard));
+    }
+    queries
+}
+
+fn store(
+    env: &Env<'_>,
+    settings: &Settings,
+    engine: &str,
+    rows: u64,
+    start_epoch: u64,
+) -> Result<Output> {
+    let (venv, file) = match engine {
+        "duckdb" => (
+            env.tools_venv,
+            env.work.join(format!("queries-{rows}.duckdb")),
+        ),
+        _ => (
+            env.app_venv,
+            env.work.join(format!("queries-{rows}.sqlite")),
+        ),
+    };
+    for stale in ["", ".wal", ".daemon"] {
+        let _ = fs::remove_file(format!("{}{stale}", file.display()));
+    }
+    if engine == "duckdb" && env.features.query_stats {
+        // Opening the file through the daemon gives it the daemon's own, current schema.
+        let _ = command::output(
+            Command::new(env.daemon)
+                .args(["query", "stats", "--db"])
+                .arg(&file),
+        );
+    }
+    let out = command::output(
+        Command::new(venv.join("bin/python"))
+            .arg(paths::workspace().join("tests/bench/query_store.py"))
+            .arg(engine)
+            .arg("--db")
+            .arg(&file)
+            .args([
+                "--rows",
+                &rows.to_string(),
+                "--start-epoch",
+                &start_epoch.to_string(),
+            ])
+            .args([
+                "--runs",
+                &settings.runs.to_string(),
+                "--budget-s",
+                &settings.budget_s.to_string(),
+            ]),
+    )?;
+    let output: Output = serde_json::from_str(out.trim())
+        .with_context(|| format!("cannot read query_store.py's output: {out}"))?;
+    // The stores are large (GBs at 10 M rows): keep the disk for the next scale.
+    let _ = fs::remove_file(&file);
+    Ok(output)
+}
+
+fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScale {
+    let timing = |side: &Result<Output>, view: &str| match side {
+        Err(e) => Timing {
+            p50_ms: None,
+            runs: 0,
+            note: Some(format!("failed: {e:#}")),
+        },
+        Ok(out) if out.rows != rows => Timing {
+            p50_ms: None,
+            runs: 0,
+            note: Some(format!("store holds {} rows, not {rows}", out.rows)),
+        },
+        Ok(out) => match out.views.get(view) {
+            Some(t) => Timing {
+                p50_ms: Some(t.p50_ms),
+                runs: t.runs,
+                note: None,
+            },
+            None if view == "grouped_profile" => Timing {
+                p50_ms: None,
+                runs: 0,
+                note: Some("not available: profiler not implemented".into()),
+            },
+            None => Timing {
+                p50_ms: None,
+                runs: 0,
+                note: Some("not timed".into()),
+            },
+        },
+    };
+    QueryScale {
+        requests: rows,
+        endpoints: 200,
+        days: 30,
+        versions: 20,
+        users: 5000,
+        schema_note: fmd.as_ref().ok().and_then(|o| o.schema_note.clone()),
+        views: VIEWS
+            .iter()
+            .map(|view| ViewTiming {
+                view: (*view).to_string(),
+                fmd: timing(&fmd, view),
+                flask_monitoringdashboard: if *view == "grouped_profile" {
+                    Timing {
+                        p50_ms: None,
+                        runs: 0,
+                        note: Some("not timed: the generated store has no profiles".into()),
+                    }
+                } else {
+                    timing(&dashboard, view)
+                },
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(json: &str) -> Result<Output> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    fn check(
+        rows: u64,
+        fmd: Result<Output>,
+        dashboard: Result<Output>,
+        expect: &[(&str, Option<f64>, Option<f64>)],
+    ) {
+        let got: Vec<(String, Option<f64>, Option<f64>)> = scale(rows, fmd, dashboard)
+            .views
+            .into_iter()
+            .map(|v| (v.view, v.fmd.p50_ms, v.flask_monitoringdashboard.p50_ms))
+            .collect();
+        let expect: Vec<(String, Option<f64>, Option<f64>)> = expect
+            .iter()
+            .map(|(v, a, b)| ((*v).to_string(), *a, *b))
+            .collect();
+        assert_eq!(got, expect);
+    }
+
+    const FMD: &str = r#"{"rows": 100, "generate_s": 1.0, "schema_note": "extra columns",
+        "views": {"overview": {"p50_ms": 1.5, "runs": 5}, "heatmap": {"p50_ms": 2.0, "runs": 5},
+                  "version_quartiles": {"p50_ms": 0.5, "runs": 5}}}"#;
+
+    #[test]
+    fn both_sides_timed() {
+        let dashboard = FMD.replace("1.5", "150.0");
+        check(
+            100,
+            output(FMD),
+            output(&dashboard),
+            &[
+                ("overview", Some(1.5), Some(150.0)),
+                ("heatmap", Some(2.0), Some(2.0)),
+                ("version_quartiles", Some(0.5), Some(0.5)),
+                ("grouped_profile", None, None),
+            ],
+        );
+    }
+
+    #[test]
+    fn failed_or_short_stores_give_no_figures() {
+        check(
+            200,
+            output(FMD),
+            Err(anyhow::anyhow!("python failed")),
+            &[
+                ("overview", None, None),
+                ("heatmap", None, None),
+                ("version_quartiles", None, None),
+                ("grouped_profile", None, None),
+            ],
+        );
+        assert_eq!(
+            scale(100, output(FMD), output(FMD)).schema_note.as_deref(),
+            Some("extra columns")
+        );
+    }
+}
