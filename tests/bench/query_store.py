@@ -2,12 +2,13 @@
 DuckDB file or into Flask-MonitoringDashboard's SQLite schema, then times the dashboard's views on it and
 prints one JSON object.
 
-    python query_store.py duckdb    --db FILE --rows N --start-epoch S --runs 5 --budget-s 60
+    python query_store.py duckdb    --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 [--schema-from F]
     python query_store.py dashboard --db FILE --rows N --start-epoch S --runs 5 --budget-s 60
 
 `duckdb` runs in the bench tools venv (the `duckdb` package at the daemon's libduckdb version) and fills the
-daemon's own `requests` table when the file already has it (the harness lets fmd-daemon create the schema
-first); `dashboard` runs in the bench app venv and lets Flask-MonitoringDashboard create its tables and run
+daemon's own `requests` table: --schema-from names a file fmd-daemon wrote earlier in the same benchmark run,
+whose tables and indexes are recreated empty, so the store has exactly the schema the daemon writes;
+`dashboard` runs in the bench app venv and lets Flask-MonitoringDashboard create its tables and run
 its own view functions, so its side is timed exactly as the dashboard computes it.
 
 Row i is a pure function of i, written once per SQL dialect: endpoint, duration, time, version, user and
@@ -56,8 +57,8 @@ def row_terms(n, div):
     }
 
 
-# The daemon's `requests` table as of store schema version 1, used only when fmd-daemon could not create
-# the file itself (the harness says so in the report).
+# The daemon's `requests` table as of store schema version 1, used only when no file written by fmd-daemon is
+# at hand (the harness says so in the report).
 FALLBACK_SCHEMA = """
 CREATE TABLE requests (
     id BIGINT PRIMARY KEY, run_id BIGINT NOT NULL, ts TIMESTAMP NOT NULL, duration_ns UBIGINT NOT NULL,
@@ -74,15 +75,34 @@ CREATE INDEX requests_endpoint_ts ON requests (endpoint, ts);
 EXTRA_COLUMNS = {"app_version": "VARCHAR", "user_id": "VARCHAR"}
 
 
+def copy_schema(con, source):
+    """Recreates the tables and indexes of a daemon-written file, empty but for its schema version."""
+    con.execute(f"ATTACH '{source}' AS src (READ_ONLY)")
+    for (sql,) in con.execute(
+            "SELECT sql FROM duckdb_tables() WHERE database_name = 'src' AND schema_name = 'main'").fetchall():
+        con.execute(sql)
+    for (sql,) in con.execute(
+            "SELECT sql FROM duckdb_indexes() WHERE database_name = 'src' AND schema_name = 'main'").fetchall():
+        if sql:
+            con.execute(sql)
+    names = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'src'").fetchall()}
+    if "schema_version" in names:
+        con.execute("INSERT INTO schema_version SELECT * FROM src.schema_version")
+    con.execute("DETACH src")
+
+
 def fmd_duckdb(args):
     import duckdb
 
     con = duckdb.connect(args.db)
     notes = []
+    if args.schema_from:
+        copy_schema(con, args.schema_from)
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if "requests" not in tables:
         con.execute(FALLBACK_SCHEMA)
-        notes.append("fmd-daemon did not create the file, so the bench's copy of store schema v1 was used")
+        notes.append("no file written by fmd-daemon was at hand, so the bench's copy of store schema v1 was used")
     columns = {r[0] for r in con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'").fetchall()}
     missing = [c for c in EXTRA_COLUMNS if c not in columns]
@@ -195,6 +215,7 @@ def main():
     parser.add_argument("--start-epoch", type=int, required=True)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=60.0)
+    parser.add_argument("--schema-from", help="a DuckDB file fmd-daemon wrote, whose schema to use")
     args = parser.parse_args()
     result = fmd_duckdb(args) if args.engine == "duckdb" else dashboard_sqlite(args)
     json.dump(result, sys.stdout)

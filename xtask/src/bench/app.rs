@@ -59,7 +59,9 @@ pub fn start(venv: &Path, spec: &Spec<'_>, probe: &str, log: &Path) -> Result<Ap
         cmd.arg("--no-control-socket");
     }
     cmd.arg(spec.module);
-    let guard = Guard::spawn("gunicorn", &mut cmd, log, libc::SIGTERM)?;
+    // SIGQUIT is gunicorn's quick shutdown: a graceful one waits up to 30 s for workers whose monitor
+    // (Flask-MonitoringDashboard's profiler threads) keeps them alive, and nothing is left to serve anyway.
+    let guard = Guard::spawn("gunicorn", &mut cmd, log, libc::SIGQUIT)?;
     let mut app = App {
         guard,
         addr,

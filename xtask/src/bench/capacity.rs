@@ -47,7 +47,7 @@ pub fn run(
     }
     for &connections in &settings.connections {
         eprintln!("bench: capacity, {connections} connections");
-        match step(app_venv, daemon, work, settings, connections) {
+        match step(app_venv, daemon, features, work, settings, connections) {
             Ok(s) => capacity.steps.push(s),
             Err(e) => {
                 eprintln!("bench: capacity step failed: {e:#}");
@@ -68,6 +68,7 @@ pub fn run(
 fn step(
     app_venv: &Path,
     daemon_bin: &Path,
+    features: &Features,
     work: &Path,
     settings: &Settings,
     connections: u32,
@@ -86,6 +87,7 @@ fn step(
     let db = work.join(format!("capacity-{connections}.duckdb"));
     let guard = daemon::attach(
         daemon_bin,
+        features,
         app.master(),
         &db,
         None,

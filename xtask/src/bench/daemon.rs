@@ -20,6 +20,9 @@ use crate::command;
 pub struct Features {
     /// `--sample-hz`: the level-3 profiler.
     pub sample_hz: bool,
+    /// `--level`: an explicit monitoring level, passed when the daemon has it so that level 1 stays level 1
+    /// whatever the daemon's default becomes.
+    pub level: bool,
     /// `query stats`: the counters the capacity measurement reads.
     pub query_stats: bool,
 }
@@ -48,6 +51,7 @@ impl Features {
     fn from_help(top: &str, stats: Option<&str>) -> Self {
         Self {
             sample_hz: lists_flag(top, "--sample-hz"),
+            level: lists_flag(top, "--level"),
             query_stats: stats.is_some_and(|text| lists_flag(text, "--db")),
         }
     }
@@ -68,6 +72,7 @@ fn lists_flag(help: &str, flag: &str) -> bool {
 /// flushes and exits.
 pub fn attach(
     daemon: &Path,
+    features: &Features,
     master: u32,
     db: &Path,
     sample_hz: Option<u32>,
@@ -87,6 +92,9 @@ pub fn attach(
         .arg("--db")
         .arg(db)
         .args(["--listen", &listen]);
+    if features.level {
+        cmd.args(["--level", if sample_hz.is_some() { "3" } else { "1" }]);
+    }
     if let Some(hz) = sample_hz {
         cmd.args(["--sample-hz", &hz.to_string()]);
     }
@@ -176,6 +184,7 @@ mod tests {
             Some("Usage: fmd-daemon query stats --db <DB> [--format <FORMAT>]"),
             Features {
                 sample_hz: true,
+                level: false,
                 query_stats: true,
             },
         );

@@ -168,8 +168,6 @@ pub fn run(args: &Args) -> Result<()> {
         let env = queries::Env {
             app_venv: &app_venv,
             tools_venv: &tools_venv,
-            daemon: &daemon,
-            features: &features,
             work: &work,
         };
         results.queries = queries::run(&env, &settings);

@@ -96,6 +96,10 @@ struct Run {
     monitor_cpu_s: Option<f64>,
     monitor_rss_mib: Option<f64>,
     worker_rss_mib: Option<f64>,
+    /// wrk's responses, warm-ups included.
+    served: u64,
+    /// What fmd-daemon stored (fmd configurations with `query stats` only).
+    stored: Option<u64>,
 }
 
 pub fn run(env: &Env<'_>, settings: &Settings) -> Overhead {
@@ -193,6 +197,14 @@ fn summarise(
                 monitor_cpu_ms_per_1k: median(&per_1k),
                 monitor_peak_rss_mib: peak(|r| r.monitor_rss_mib),
                 worker_peak_rss_mib: peak(|r| r.worker_rss_mib),
+                requests_served: runs
+                    .iter()
+                    .any(|r| r.stored.is_some())
+                    .then(|| runs.iter().map(|r| r.served).sum()),
+                requests_stored: runs
+                    .iter()
+                    .any(|r| r.stored.is_some())
+                    .then(|| runs.iter().filter_map(|r| r.stored).sum()),
             }
         })
         .collect();
@@ -242,6 +254,7 @@ fn run_once(env: &Env<'_>, settings: &Settings, spec: &Spec, rep: u32) -> Result
     let monitor_pid = monitor.as_ref().map(Guard::pid);
 
     let mut endpoints = BTreeMap::new();
+    let mut served = 0;
     let mut monitor_cpu_s = monitor_pid.map(|_| 0.0);
     for (endpoint, _) in ENDPOINTS {
         let url = app.url(&format!("/{endpoint}"));
@@ -251,20 +264,23 @@ fn run_once(env: &Env<'_>, settings: &Settings, spec: &Spec, rep: u32) -> Result
             connections: settings.connections,
             duration,
         };
-        wrk::run(&load(settings.warmup))?;
+        served += wrk::run(&load(settings.warmup))?.requests;
         let before = monitor_pid.and_then(process::cpu_seconds);
         let measured = wrk::run(&load(settings.duration))?;
         let after = monitor_pid.and_then(process::cpu_seconds);
         if let (Some(total), Some(b), Some(a)) = (monitor_cpu_s.as_mut(), before, after) {
             *total += a - b;
         }
+        served += measured.requests;
         endpoints.insert((*endpoint).to_string(), measured);
     }
-    let run = Run {
+    let mut run = Run {
         endpoints,
         monitor_cpu_s,
         monitor_rss_mib: monitor_pid.and_then(process::peak_rss_mib),
         worker_rss_mib: process::peak_rss_mib(worker),
+        served,
+        stored: None,
     };
     if let Some(mut monitor) = monitor {
         if let Some(status) = monitor.exited() {
@@ -276,7 +292,12 @@ fn run_once(env: &Env<'_>, settings: &Settings, spec: &Spec, rep: u32) -> Result
         }
         monitor.stop()?;
     }
-    app.guard.stop()?;
+    if let Err(e) = app.guard.stop() {
+        eprintln!("bench: {e:#}");
+    }
+    if matches!(spec.monitor, Monitor::Fmd { .. }) && env.features.query_stats {
+        run.stored = Some(daemon::stats(env.daemon, &fmd_db(env, spec, rep))?.requests_stored);
+    }
     Ok(run)
 }
 
@@ -291,9 +312,10 @@ fn start_monitor(
     match spec.monitor {
         Monitor::Bare | Monitor::Dashboard { .. } => Ok(None),
         Monitor::Fmd { sample_hz } => {
-            let db = env.work.join(format!("{}-{rep}.duckdb", spec.name));
+            let db = fmd_db(env, spec, rep);
             Ok(Some(daemon::attach(
                 env.daemon,
+                env.features,
                 app.master(),
                 &db,
                 sample_hz,
@@ -327,6 +349,10 @@ fn start_monitor(
             Ok(Some(guard))
         }
     }
+}
+
+fn fmd_db(env: &Env<'_>, spec: &Spec, rep: u32) -> PathBuf {
+    env.work.join(format!("{}-{rep}.duckdb", spec.name))
 }
 
 /// A dashboard configuration file with `level` for every endpoint and a fresh database, as its docs describe.
@@ -367,6 +393,8 @@ mod tests {
             monitor_cpu_s: cpu,
             monitor_rss_mib: cpu.map(|_| 50.0),
             worker_rss_mib: Some(30.0),
+            served: 100,
+            stored: cpu.map(|_| 99),
         }
     }
 
@@ -447,5 +475,9 @@ mod tests {
         );
         // 2 s of CPU over 4 endpoints x 5,000 requests: 0.1 ms per request, 100 ms per 1,000.
         assert_eq!(fmd.monitor_cpu_ms_per_1k, Some(100.0));
+        assert_eq!(
+            (fmd.requests_served, fmd.requests_stored),
+            (Some(100), Some(99))
+        );
     }
 }

@@ -12,8 +12,9 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-/// Stops its process when dropped: `signal` first (SIGINT lets the daemon and py-spy flush), SIGKILL after
-/// 15 s.
+/// Stops its process when dropped: `signal` first (SIGINT lets the daemon and py-spy flush), then SIGKILL
+/// after 15 s to it and its children, so that a gunicorn worker cannot outlive a killed master and load the
+/// next measurement. (The processes stay in xtask's process group, so Ctrl-C still reaches them all.)
 pub struct Guard {
     child: Child,
     signal: i32,
@@ -69,6 +70,12 @@ impl Guard {
                 return true;
             }
             thread::sleep(Duration::from_millis(50));
+        }
+        // Children first: while their parent lives (it is stuck, or we would not be here) nobody reaps them,
+        // so their pids cannot have been reused.
+        for pid in children(self.child.id()) {
+            // SAFETY: kill(2) on a live child of our unreaped child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

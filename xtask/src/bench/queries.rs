@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -12,10 +12,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Deserialize;
 
-use super::{
-    daemon::Features,
-    results::{Queries, QueryScale, Timing, ViewTiming},
-};
+use super::results::{Queries, QueryScale, Timing, ViewTiming};
 use crate::{command, paths};
 
 pub struct Settings {
@@ -49,8 +46,6 @@ const VIEWS: &[&str] = &[
 pub struct Env<'a> {
     pub app_venv: &'a Path,
     pub tools_venv: &'a Path,
-    pub daemon: &'a Path,
-    pub features: &'a Features,
     pub work: &'a Path,
 }
 
@@ -92,38 +87,52 @@ fn store(
     for stale in ["", ".wal", ".daemon"] {
         let _ = fs::remove_file(format!("{}{stale}", file.display()));
     }
-    if engine == "duckdb" && env.features.query_stats {
-        // Opening the file through the daemon gives it the daemon's own, current schema.
-        let _ = command::output(
-            Command::new(env.daemon)
-                .args(["query", "stats", "--db"])
-                .arg(&file),
-        );
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg(paths::workspace().join("tests/bench/query_store.py"))
+        .arg(engine)
+        .arg("--db")
+        .arg(&file)
+        .args([
+            "--rows",
+            &rows.to_string(),
+            "--start-epoch",
+            &start_epoch.to_string(),
+        ])
+        .args([
+            "--runs",
+            &settings.runs.to_string(),
+            "--budget-s",
+            &settings.budget_s.to_string(),
+        ]);
+    if engine == "duckdb" {
+        if let Some(source) = schema_source(env.work) {
+            cmd.arg("--schema-from").arg(source);
+        }
     }
-    let out = command::output(
-        Command::new(venv.join("bin/python"))
-            .arg(paths::workspace().join("tests/bench/query_store.py"))
-            .arg(engine)
-            .arg("--db")
-            .arg(&file)
-            .args([
-                "--rows",
-                &rows.to_string(),
-                "--start-epoch",
-                &start_epoch.to_string(),
-            ])
-            .args([
-                "--runs",
-                &settings.runs.to_string(),
-                "--budget-s",
-                &settings.budget_s.to_string(),
-            ]),
-    )?;
+    let out = command::output(&mut cmd)?;
     let output: Output = serde_json::from_str(out.trim())
         .with_context(|| format!("cannot read query_store.py's output: {out}"))?;
     // The stores are large (GBs at 10 M rows): keep the disk for the next scale.
     let _ = fs::remove_file(&file);
     Ok(output)
+}
+
+/// A store fmd-daemon wrote earlier in this run (overhead or capacity), whose schema the generated store copies.
+fn schema_source(work: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(work)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.ends_with(".duckdb") && !name.starts_with("queries-")
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScale {

@@ -344,17 +344,21 @@ fn overhead(md: &mut String, r: &Results) {
          worker, so its cost shows in the worker's RSS and the throughput). CPU is user + system time from \
          /proc/PID/stat over the measured windows; RSS is VmHWM.\n"
     );
-    let _ = writeln!(md, "| Configuration | monitor CPU s | monitor CPU ms / 1k req | monitor peak RSS MiB | worker peak RSS MiB |");
-    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(md, "| Configuration | monitor CPU s | monitor CPU ms / 1k req | monitor peak RSS MiB | worker peak RSS MiB | fmd stored / served |");
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: |");
     for c in o.configurations.iter().filter(|c| c.note.is_none()) {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             c.name,
             opt(c.monitor_cpu_s, 2),
             opt(c.monitor_cpu_ms_per_1k, 2),
             opt(c.monitor_peak_rss_mib, 1),
-            opt(c.worker_peak_rss_mib, 1)
+            opt(c.worker_peak_rss_mib, 1),
+            match (c.requests_stored, c.requests_served) {
+                (Some(stored), Some(served)) => format!("{stored} / {served}"),
+                _ => String::new(),
+            }
         );
     }
     let _ = writeln!(md);

@@ -60,6 +60,10 @@ pub struct Configuration {
     pub monitor_peak_rss_mib: Option<f64>,
     /// The gunicorn worker's peak RSS, the highest over the repetitions.
     pub worker_peak_rss_mib: Option<f64>,
+    /// fmd only, summed over the repetitions: responses wrk counted (warm-ups included) and requests the
+    /// daemon stored, a check that level 1 kept up with the load it was measured under.
+    pub requests_served: Option<u64>,
+    pub requests_stored: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
