@@ -2,8 +2,8 @@
 DuckDB file or into Flask-MonitoringDashboard's SQLite schema, then times the dashboard's views on it and
 prints one JSON object.
 
-    python query_store.py duckdb    --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 [--schema-from F]
-    python query_store.py dashboard --db FILE --rows N --start-epoch S --runs 5 --budget-s 60
+    python query_store.py duckdb    --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 --cap-s 120 [--schema-from F]
+    python query_store.py dashboard --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 --cap-s 120
 
 `duckdb` runs in the bench tools venv (the `duckdb` package at the daemon's libduckdb version) and fills the
 daemon's own `requests` table: --schema-from names a file fmd-daemon wrote earlier in the same benchmark run,
@@ -17,6 +17,7 @@ ending at --start-epoch + DAYS days, versions follow time (v1 first), 1% of requ
 """
 import argparse
 import json
+import signal
 import statistics
 import sys
 import time
@@ -29,17 +30,33 @@ USERS = 5000
 QUARTILE_ENDPOINT = 7
 
 
-def timed(fn, runs, budget_s):
-    """p50 wall time in ms over up to `runs` calls, stopping early once `budget_s` is spent (at least once)."""
+class OverCap(Exception):
+    pass
+
+
+def on_alarm(_signum, _frame):
+    raise OverCap()
+
+
+def timed(fn, args):
+    """p50 wall time in ms over up to `args.runs` calls, stopping early once `args.budget_s` is spent (after at
+    least one run). A run longer than `args.cap_s` is interrupted, and the view reported as slower than that."""
     times = []
     spent = 0.0
-    while len(times) < runs and (not times or spent < budget_s):
+    signal.signal(signal.SIGALRM, on_alarm)
+    while len(times) < args.runs and (not times or spent < args.budget_s):
         start = time.perf_counter()
-        fn()
+        signal.alarm(args.cap_s)
+        try:
+            fn()
+        except OverCap:
+            return {"p50_ms": None, "runs": len(times), "over_s": args.cap_s}
+        finally:
+            signal.alarm(0)
         elapsed = time.perf_counter() - start
         spent += elapsed
         times.append(elapsed * 1000.0)
-    return {"p50_ms": statistics.median(times), "runs": len(times)}
+    return {"p50_ms": statistics.median(times), "runs": len(times), "over_s": None}
 
 
 # The columns every row derives from i, as SQL over the integer i (both dialects' integer maths agree).
@@ -137,7 +154,7 @@ def fmd_duckdb(args):
         "version_quartiles": "SELECT app_version, quantile_cont(duration_ms, [0.25, 0.5, 0.75]) FROM requests "
                              f"WHERE endpoint = 'endpoint_{QUARTILE_ENDPOINT}' GROUP BY app_version",
     }
-    timings = {name: timed(lambda sql=sql: con.execute(sql).fetchall(), args.runs, args.budget_s)
+    timings = {name: timed(lambda sql=sql: con.execute(sql).fetchall(), args)
                for name, sql in views.items()}
     rows = con.execute("SELECT count(*) FROM requests").fetchone()[0]
     return {"rows": rows, "generate_s": generate_s, "schema_note": "; ".join(notes) or None, "views": timings}
@@ -201,7 +218,7 @@ def dashboard_sqlite(args):
         with session_scope() as session:
             get_endpoint_versions(session, QUARTILE_ENDPOINT + 1, versions)
 
-    timings = {name: timed(fn, args.runs, args.budget_s) for name, fn in
+    timings = {name: timed(fn, args) for name, fn in
                [("overview", overview), ("heatmap", heatmap), ("version_quartiles", version_quartiles)]}
     rows = cur.execute(f"SELECT count(*) FROM {Request.__tablename__}").fetchone()[0]
     return {"rows": rows, "generate_s": generate_s, "schema_note": None, "views": timings}
@@ -215,6 +232,7 @@ def main():
     parser.add_argument("--start-epoch", type=int, required=True)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=60.0)
+    parser.add_argument("--cap-s", type=int, default=120, help="interrupt a single run after this long")
     parser.add_argument("--schema-from", help="a DuckDB file fmd-daemon wrote, whose schema to use")
     args = parser.parse_args()
     result = fmd_duckdb(args) if args.engine == "duckdb" else dashboard_sqlite(args)

@@ -20,6 +20,8 @@ pub struct Settings {
     pub runs: u32,
     /// Wall time after which a view stops being repeated (it has run at least once).
     pub budget_s: u64,
+    /// A single run longer than this is interrupted; the view is then reported as slower than the cap.
+    pub cap_s: u64,
 }
 
 /// What query_store.py prints.
@@ -32,8 +34,10 @@ struct Output {
 
 #[derive(Debug, Deserialize, PartialEq)]
 struct Timed {
-    p50_ms: f64,
+    p50_ms: Option<f64>,
     runs: u32,
+    /// Set when a run hit the cap (`p50_ms` is then absent).
+    over_s: Option<u64>,
 }
 
 const VIEWS: &[&str] = &[
@@ -103,6 +107,8 @@ fn store(
             &settings.runs.to_string(),
             "--budget-s",
             &settings.budget_s.to_string(),
+            "--cap-s",
+            &settings.cap_s.to_string(),
         ]);
     if engine == "duckdb" {
         if let Some(source) = schema_source(env.work) {
@@ -149,9 +155,11 @@ fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScal
         },
         Ok(out) => match out.views.get(view) {
             Some(t) => Timing {
-                p50_ms: Some(t.p50_ms),
+                p50_ms: t.p50_ms,
                 runs: t.runs,
-                note: None,
+                note: t.over_s.map(|cap| {
+                    format!("over {cap} s: interrupted after {} complete run(s)", t.runs)
+                }),
             },
             None if view == "grouped_profile" => Timing {
                 p50_ms: None,
@@ -218,22 +226,31 @@ mod tests {
     }
 
     const FMD: &str = r#"{"rows": 100, "generate_s": 1.0, "schema_note": "extra columns",
-        "views": {"overview": {"p50_ms": 1.5, "runs": 5}, "heatmap": {"p50_ms": 2.0, "runs": 5},
-                  "version_quartiles": {"p50_ms": 0.5, "runs": 5}}}"#;
+        "views": {"overview": {"p50_ms": 1.5, "runs": 5, "over_s": null},
+                  "heatmap": {"p50_ms": 2.0, "runs": 5, "over_s": null},
+                  "version_quartiles": {"p50_ms": 0.5, "runs": 5, "over_s": null}}}"#;
 
     #[test]
     fn both_sides_timed() {
-        let dashboard = FMD.replace("1.5", "150.0");
+        let dashboard = FMD.replace("1.5", "150.0").replace(
+            r#""p50_ms": 2.0, "runs": 5, "over_s": null"#,
+            r#""p50_ms": null, "runs": 0, "over_s": 120"#,
+        );
         check(
             100,
             output(FMD),
             output(&dashboard),
             &[
                 ("overview", Some(1.5), Some(150.0)),
-                ("heatmap", Some(2.0), Some(2.0)),
+                ("heatmap", Some(2.0), None),
                 ("version_quartiles", Some(0.5), Some(0.5)),
                 ("grouped_profile", None, None),
             ],
+        );
+        let heatmap = &scale(100, output(FMD), output(&dashboard)).views[1];
+        assert_eq!(
+            heatmap.flask_monitoringdashboard.note.as_deref(),
+            Some("over 120 s: interrupted after 0 complete run(s)")
         );
     }
 

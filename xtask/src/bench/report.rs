@@ -39,7 +39,13 @@ pub fn render(r: &Results) -> String {
 fn machine(md: &mut String, r: &Results) {
     let m = &r.machine;
     let _ = writeln!(md, "## Machine and command\n");
-    let _ = writeln!(md, "- Date: {}", r.date);
+    let _ = writeln!(
+        md,
+        "- Date: {}; the run took {} min {} s",
+        r.date,
+        r.elapsed_s / 60,
+        r.elapsed_s % 60
+    );
     let _ = writeln!(
         md,
         "- CPU: {} ({} logical cores), {:.1} GiB memory",

@@ -14,6 +14,8 @@ pub struct Results {
     pub quick: bool,
     /// UTC, RFC 3339.
     pub date: String,
+    /// How long the whole run took, setup and builds included.
+    pub elapsed_s: u64,
     pub machine: Machine,
     pub overhead: Overhead,
     pub capacity: Capacity,
