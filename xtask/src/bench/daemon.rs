@@ -25,36 +25,40 @@ pub struct Features {
     pub level: bool,
     /// `query stats`: the counters the capacity measurement reads.
     pub query_stats: bool,
+    /// `query endpoints`: the daemon's own overview query, timed on the query benchmark's stores.
+    pub query_endpoints: bool,
 }
 
 impl Features {
     pub fn probe(daemon: &Path) -> Self {
         let help = |args: &[&str]| {
-            Command::new(daemon).args(args).output().ok().map(|o| {
-                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&o.stderr));
-                (o.status.success(), text)
-            })
+            Command::new(daemon)
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         };
-        let top = help(&["--help"]).map(|(_, text)| text).unwrap_or_default();
-        let stats = help(&["query", "stats", "--help"]);
-        Self::from_help(
-            &top,
-            stats
-                .as_ref()
-                .filter(|(ok, _)| *ok)
-                .map(|(_, text)| text.as_str()),
-        )
+        let top = help(&["--help"]).unwrap_or_default();
+        Self::from_help(&top, help(&["query", "--help"]).as_deref())
     }
 
-    /// `top` is `fmd-daemon --help`; `stats` is `fmd-daemon query stats --help` when it succeeded.
-    fn from_help(top: &str, stats: Option<&str>) -> Self {
+    /// `top` is `fmd-daemon --help`; `query` is `fmd-daemon query --help` when it succeeded.
+    fn from_help(top: &str, query: Option<&str>) -> Self {
+        let query = query.unwrap_or_default();
         Self {
             sample_hz: lists_flag(top, "--sample-hz"),
             level: lists_flag(top, "--level"),
-            query_stats: stats.is_some_and(|text| lists_flag(text, "--db")),
+            query_stats: lists_command(query, "stats"),
+            query_endpoints: lists_command(query, "endpoints"),
         }
     }
+}
+
+/// True when clap's `help` lists the subcommand `name` (an indented line starting with it).
+fn lists_command(help: &str, name: &str) -> bool {
+    help.lines()
+        .any(|line| line.starts_with(' ') && line.split_whitespace().next() == Some(name))
 }
 
 /// True when `help` documents `flag` (as a whole word, not as a prefix of a longer flag).
@@ -95,8 +99,9 @@ pub fn attach(
     if features.level {
         cmd.args(["--level", if sample_hz.is_some() { "3" } else { "1" }]);
     }
-    if let Some(hz) = sample_hz {
-        cmd.args(["--sample-hz", &hz.to_string()]);
+    if features.sample_hz {
+        // The profiler is on by default (100 Hz); level 1 has to turn it off with 0.
+        cmd.args(["--sample-hz", &sample_hz.unwrap_or(0).to_string()]);
     }
     let mut guard = Guard::spawn("fmd-daemon", &mut cmd, log, libc::SIGINT)?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -178,21 +183,40 @@ mod tests {
     #[test]
     fn features_follow_the_help_text() {
         let today = "Usage: fmd-daemon [OPTIONS] --pid <PID>\n  --pid <PID>\n  --db <DB>\n  --listen <ADDR>\n";
+        let query =
+            "Commands:\n  requests  Stored requests\n  stats     Counters\n  help  Print this\n";
         check(today, None, Features::default());
         check(
+            today,
+            Some(query),
+            Features {
+                query_stats: true,
+                ..Features::default()
+            },
+        );
+        check(
             &format!("{today}  --sample-hz <HZ>  sampling frequency\n"),
-            Some("Usage: fmd-daemon query stats --db <DB> [--format <FORMAT>]"),
+            Some(&format!("{query}  endpoints  Endpoints with hits\n")),
             Features {
                 sample_hz: true,
                 level: false,
                 query_stats: true,
+                query_endpoints: true,
             },
         );
-        // A longer flag that merely starts with the name does not count.
+        // A longer flag that merely starts with the name does not count, nor does a mention in prose.
         check(
             &format!("{today}  --sample-hz-max <HZ>\n  --no-sample-hz\n"),
-            Some("no flags"),
+            Some("Usage: fmd-daemon query stats and endpoints are coming\n"),
             Features::default(),
+        );
+        check(
+            &format!("{today}  --level <LEVEL>\n"),
+            None,
+            Features {
+                level: true,
+                ..Features::default()
+            },
         );
     }
 

@@ -174,6 +174,8 @@ pub fn run(args: &Args) -> Result<()> {
             app_venv: &app_venv,
             tools_venv: &tools_venv,
             work: &work,
+            daemon: &daemon,
+            query_endpoints: features.query_endpoints,
         };
         results.queries = queries::run(&env, &settings);
     }

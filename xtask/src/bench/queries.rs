@@ -42,6 +42,7 @@ struct Timed {
 
 const VIEWS: &[&str] = &[
     "overview",
+    "overview_cli",
     "heatmap",
     "version_quartiles",
     "grouped_profile",
@@ -51,6 +52,9 @@ pub struct Env<'a> {
     pub app_venv: &'a Path,
     pub tools_venv: &'a Path,
     pub work: &'a Path,
+    pub daemon: &'a Path,
+    /// The daemon has `query endpoints`, its own overview query, to time on the generated store.
+    pub query_endpoints: bool,
 }
 
 pub fn run(env: &Env<'_>, settings: &Settings) -> Queries {
@@ -116,11 +120,42 @@ fn store(
         }
     }
     let out = command::output(&mut cmd)?;
-    let output: Output = serde_json::from_str(out.trim())
+    let mut output: Output = serde_json::from_str(out.trim())
         .with_context(|| format!("cannot read query_store.py's output: {out}"))?;
+    if engine == "duckdb" && env.query_endpoints {
+        output.views.insert(
+            "overview_cli".into(),
+            time_cli(env.daemon, &file, settings)?,
+        );
+    }
     // The stores are large (GBs at 10 M rows): keep the disk for the next scale.
     let _ = fs::remove_file(&file);
     Ok(output)
+}
+
+/// `fmd-daemon query endpoints` on the store, as a user would run it: process start, opening the file and
+/// the daemon's own overview query.
+fn time_cli(daemon: &Path, db: &Path, settings: &Settings) -> Result<Timed> {
+    let mut times = vec![];
+    let mut spent = 0.0;
+    while times.len() < settings.runs as usize
+        && (times.is_empty() || spent < settings.budget_s as f64)
+    {
+        let start = std::time::Instant::now();
+        command::output(
+            Command::new(daemon)
+                .args(["query", "endpoints", "--format", "json", "--db"])
+                .arg(db),
+        )?;
+        let elapsed = start.elapsed().as_secs_f64();
+        spent += elapsed;
+        times.push(elapsed * 1000.0);
+    }
+    Ok(Timed {
+        p50_ms: super::results::median(&times),
+        runs: times.len() as u32,
+        over_s: None,
+    })
 }
 
 /// A store fmd-daemon wrote earlier in this run (overhead or capacity), whose schema the generated store copies.
@@ -161,6 +196,11 @@ fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScal
                     format!("over {cap} s: interrupted after {} complete run(s)", t.runs)
                 }),
             },
+            None if view == "overview_cli" => Timing {
+                p50_ms: None,
+                runs: 0,
+                note: Some("not available: this fmd-daemon has no `query endpoints`".into()),
+            },
             None if view == "grouped_profile" => Timing {
                 p50_ms: None,
                 runs: 0,
@@ -185,14 +225,18 @@ fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScal
             .map(|view| ViewTiming {
                 view: (*view).to_string(),
                 fmd: timing(&fmd, view),
-                flask_monitoringdashboard: if *view == "grouped_profile" {
-                    Timing {
+                flask_monitoringdashboard: match *view {
+                    "grouped_profile" => Timing {
                         p50_ms: None,
                         runs: 0,
                         note: Some("not timed: the generated store has no profiles".into()),
-                    }
-                } else {
-                    timing(&dashboard, view)
+                    },
+                    "overview_cli" => Timing {
+                        p50_ms: None,
+                        runs: 0,
+                        note: Some("n/a (fmd's CLI only)".into()),
+                    },
+                    _ => timing(&dashboard, view),
                 },
             })
             .collect(),
@@ -242,12 +286,13 @@ mod tests {
             output(&dashboard),
             &[
                 ("overview", Some(1.5), Some(150.0)),
+                ("overview_cli", None, None),
                 ("heatmap", Some(2.0), None),
                 ("version_quartiles", Some(0.5), Some(0.5)),
                 ("grouped_profile", None, None),
             ],
         );
-        let heatmap = &scale(100, output(FMD), output(&dashboard)).views[1];
+        let heatmap = &scale(100, output(FMD), output(&dashboard)).views[2];
         assert_eq!(
             heatmap.flask_monitoringdashboard.note.as_deref(),
             Some("over 120 s: interrupted after 0 complete run(s)")
@@ -262,6 +307,7 @@ mod tests {
             Err(anyhow::anyhow!("python failed")),
             &[
                 ("overview", None, None),
+                ("overview_cli", None, None),
                 ("heatmap", None, None),
                 ("version_quartiles", None, None),
                 ("grouped_profile", None, None),
