@@ -5,7 +5,9 @@ use std::{fs, path::Path, process::Command};
 use super::results::Machine;
 use crate::command;
 
-pub fn describe(python: &Path, daemon: &Path) -> Machine {
+/// `app_venv` and `tools_venv` are the benchmark's venvs, whose package versions the report lists.
+pub fn describe(app_venv: &Path, tools_venv: &Path, daemon: &Path) -> Machine {
+    let python = app_venv.join("bin/python");
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let first_line = |cmd: &mut Command| {
@@ -23,11 +25,45 @@ pub fn describe(python: &Path, daemon: &Path) -> Machine {
             .ok()
             .and_then(|s| pretty_name(&s))
             .unwrap_or_else(|| "unknown".into()),
-        python: first_line(Command::new(python).arg("--version"))
+        python: first_line(Command::new(&python).arg("--version"))
             .unwrap_or_else(|| "unknown".into()),
         fmd_daemon: first_line(Command::new(daemon).arg("--version"))
             .unwrap_or_else(|| "no --version".into()),
+        tools: [
+            package_versions(&python, &["flask", "gunicorn", "flask-monitoringdashboard"]),
+            package_versions(&tools_venv.join("bin/python"), &["py-spy", "duckdb"]),
+            wrk_version(),
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(", "),
     }
+}
+
+/// `name version` for each installed package, from the venv's own metadata.
+fn package_versions(python: &Path, packages: &[&str]) -> String {
+    let script = "import importlib.metadata as m, sys\n\
+                  print(', '.join(f'{p} {m.version(p)}' for p in sys.argv[1:]))";
+    command::output(Command::new(python).args(["-c", script]).args(packages))
+        .map_or_else(|_| String::new(), |s| s.trim().to_owned())
+}
+
+/// wrk prints its version with `-v` and exits unsuccessfully, so its status is ignored.
+fn wrk_version() -> String {
+    Command::new("wrk").arg("-v").output().map_or_else(
+        |_| String::new(),
+        |o| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let first = text.lines().next().unwrap_or_default();
+            first
+                .split(" Copyright")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        },
+    )
 }
 
 fn cpu_model(cpuinfo: &str) -> Option<String> {

@@ -108,7 +108,7 @@ pub fn run(args: &Args) -> Result<()> {
         command: command_line(),
         quick: args.quick,
         date: utc_now(),
-        machine: machine::describe(&app_venv.join("bin/python"), &daemon),
+        machine: machine::describe(&app_venv, &tools_venv, &daemon),
         ..results::Results::default()
     };
     if wanted(Part::Overhead) {

@@ -40,6 +40,10 @@ struct Timed {
     over_s: Option<u64>,
 }
 
+/// Why the grouped profile has no timing on either side.
+const NO_PROFILES: &str =
+    "not timed: query_store.py generates requests only, no profile samples yet";
+
 const VIEWS: &[&str] = &[
     "overview",
     "overview_cli",
@@ -204,7 +208,7 @@ fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScal
             None if view == "grouped_profile" => Timing {
                 p50_ms: None,
                 runs: 0,
-                note: Some("not available: profiler not implemented".into()),
+                note: Some(NO_PROFILES.into()),
             },
             None => Timing {
                 p50_ms: None,
@@ -229,7 +233,7 @@ fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScal
                     "grouped_profile" => Timing {
                         p50_ms: None,
                         runs: 0,
-                        note: Some("not timed: the generated store has no profiles".into()),
+                        note: Some(NO_PROFILES.into()),
                     },
                     "overview_cli" => Timing {
                         p50_ms: None,

@@ -53,6 +53,7 @@ fn machine(md: &mut String, r: &Results) {
     );
     let _ = writeln!(md, "- Kernel: {}; OS: {}", m.kernel, m.os);
     let _ = writeln!(md, "- Python: {}; fmd-daemon: {}", m.python, m.fmd_daemon);
+    let _ = writeln!(md, "- Packages and tools: {}", m.tools);
     let _ = writeln!(md, "- Command: `{}`\n", r.command);
 }
 
@@ -416,6 +417,19 @@ fn capacity(md: &mut String, r: &Results) {
 fn queries(md: &mut String, r: &Results) {
     let q = &r.queries;
     let _ = writeln!(md, "## 3. Query speed at scale\n");
+    let _ = writeln!(
+        md,
+        "The same synthetic requests (tests/bench/query_store.py: each row a pure function of its number, spread \
+         evenly over the days, versions following time, 1% errors) in an fmd DuckDB store with the daemon's schema \
+         and in Flask-MonitoringDashboard's SQLite schema, created by the dashboard itself with its indexes. fmd \
+         side: the benchmark's SQL through DuckDB's Python package at the daemon's libduckdb version (`overview`: \
+         hits, median and last request per endpoint; `heatmap`: requests per endpoint, day and hour; \
+         `version_quartiles`: duration quartiles per version of one endpoint), plus `overview_cli`, the \
+         daemon's own `fmd-daemon query endpoints` as a whole process, when the daemon has it. Dashboard side: \
+         its own view functions (`get_endpoint_overview`, `get_hourly_load` over all endpoints, its only \
+         day-by-hour view, and `get_endpoint_versions`), imported from the package and timed in-process. p50 of \
+         up to 5 runs; a view is repeated until 30 s are spent, and a single run is interrupted at the cap.\n"
+    );
     if let Some(note) = &q.note {
         let _ = writeln!(md, "{note}\n");
     }

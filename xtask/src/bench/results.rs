@@ -1,5 +1,6 @@
 //! What a benchmark run measured, as written to tests/bench/results.json and read back by
-//! `cargo xtask bench --report-only` to render BENCHMARKS.md again.
+//! `cargo xtask bench --report-only` to render BENCHMARKS.md again. Every field has a default, so results
+//! written before a field existed still render.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::wrk::Measured;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Results {
     /// The exact command that produced these figures.
     pub command: String,
@@ -23,6 +25,7 @@ pub struct Results {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Machine {
     pub cpu: String,
     pub cores: u32,
@@ -31,9 +34,12 @@ pub struct Machine {
     pub os: String,
     pub python: String,
     pub fmd_daemon: String,
+    /// Versions of the other moving parts: Flask, gunicorn, Flask-MonitoringDashboard, py-spy, DuckDB, wrk.
+    pub tools: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Overhead {
     pub wrk_threads: u32,
     pub connections: u32,
@@ -44,6 +50,7 @@ pub struct Overhead {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Configuration {
     /// Stable key (`bare`, `fmd-l1`, ...).
     pub name: String,
@@ -69,6 +76,7 @@ pub struct Configuration {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EndpointFigures {
     pub rps: f64,
     pub p50_ms: f64,
@@ -82,6 +90,7 @@ pub struct EndpointFigures {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Capacity {
     pub note: Option<String>,
     pub server: String,
@@ -93,6 +102,7 @@ pub struct Capacity {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CapacityStep {
     pub connections: u32,
     pub rps: f64,
@@ -113,12 +123,14 @@ impl CapacityStep {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Queries {
     pub note: Option<String>,
     pub scales: Vec<QueryScale>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct QueryScale {
     pub requests: u64,
     pub endpoints: u32,
@@ -131,6 +143,7 @@ pub struct QueryScale {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ViewTiming {
     /// `overview`, `heatmap`, `version_quartiles`, `grouped_profile`.
     pub view: String,
@@ -139,6 +152,7 @@ pub struct ViewTiming {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Timing {
     /// Median wall time of the runs.
     pub p50_ms: Option<f64>,
@@ -173,6 +187,21 @@ mod tests {
         check(&[5.0, 1.0, 3.0], Some(3.0));
         check(&[4.0, 1.0, 3.0, 2.0], Some(2.5));
         check(&[f64::NAN, 2.0], Some(2.0));
+    }
+
+    #[test]
+    fn results_without_newer_fields_still_parse() {
+        let old = r#"{"command": "cargo xtask bench", "machine": {"cpu": "x"}, "overhead": {"configurations": [{"name": "bare"}]}}"#;
+        let parsed: Results = serde_json::from_str(old).expect("defaults fill the gaps");
+        assert_eq!(
+            (
+                parsed.command.as_str(),
+                parsed.machine.cpu.as_str(),
+                parsed.overhead.configurations[0].name.as_str()
+            ),
+            ("cargo xtask bench", "x", "bare")
+        );
+        assert!(serde_json::from_str::<Results>(r#"{"quick": "yes"}"#).is_err());
     }
 
     #[test]
