@@ -1,6 +1,7 @@
 """Query-speed benchmark stores for `cargo xtask bench`: builds the same synthetic requests into an fmd
 DuckDB file or into Flask-MonitoringDashboard's SQLite schema, then times the dashboard's views on it and
-prints one JSON object.
+prints one JSON object, with a fingerprint of the data (hits of one endpoint, errors, versions) by which the
+harness checks that both stores hold the same requests.
 
     python query_store.py duckdb    --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 --cap-s 120 [--schema-from F]
     python query_store.py dashboard --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 --cap-s 120
@@ -157,7 +158,11 @@ def fmd_duckdb(args):
     timings = {name: timed(lambda sql=sql: con.execute(sql).fetchall(), args)
                for name, sql in views.items()}
     rows = con.execute("SELECT count(*) FROM requests").fetchone()[0]
-    return {"rows": rows, "generate_s": generate_s, "schema_note": "; ".join(notes) or None, "views": timings}
+    hits, errors, versions = con.execute(
+        f"SELECT count(*) FILTER (WHERE endpoint = 'endpoint_{QUARTILE_ENDPOINT}'), "
+        "count(*) FILTER (WHERE status >= 500), count(DISTINCT app_version) FROM requests").fetchone()
+    return {"rows": rows, "generate_s": generate_s, "schema_note": "; ".join(notes) or None, "views": timings,
+            "fingerprint": {"endpoint_hits": hits, "errors": errors, "versions": versions}}
 
 
 def dashboard_sqlite(args):
@@ -221,7 +226,11 @@ def dashboard_sqlite(args):
     timings = {name: timed(fn, args) for name, fn in
                [("overview", overview), ("heatmap", heatmap), ("version_quartiles", version_quartiles)]}
     rows = cur.execute(f"SELECT count(*) FROM {Request.__tablename__}").fetchone()[0]
-    return {"rows": rows, "generate_s": generate_s, "schema_note": None, "views": timings}
+    hits, errors, versions = cur.execute(
+        f"SELECT sum(endpoint_id = {QUARTILE_ENDPOINT + 1}), sum(status_code >= 500), "
+        f"count(DISTINCT version_requested) FROM {Request.__tablename__}").fetchone()
+    return {"rows": rows, "generate_s": generate_s, "schema_note": None, "views": timings,
+            "fingerprint": {"endpoint_hits": hits, "errors": errors, "versions": versions}}
 
 
 def main():

@@ -59,9 +59,15 @@ pub fn start(venv: &Path, spec: &Spec<'_>, probe: &str, log: &Path) -> Result<Ap
         cmd.arg("--no-control-socket");
     }
     cmd.arg(spec.module);
-    // SIGQUIT is gunicorn's quick shutdown: a graceful one waits up to 30 s for workers whose monitor
-    // (Flask-MonitoringDashboard's profiler threads) keeps them alive, and nothing is left to serve anyway.
-    let guard = Guard::spawn("gunicorn", &mut cmd, log, libc::SIGQUIT)?;
+    // SIGQUIT is gunicorn's quick shutdown (nothing is left to serve). A worker that still lingers after
+    // 5 s is held up by its monitor (Flask-MonitoringDashboard's threads at level 3) and is killed.
+    let guard = Guard::spawn(
+        "gunicorn",
+        &mut cmd,
+        log,
+        libc::SIGQUIT,
+        Duration::from_secs(5),
+    )?;
     let mut app = App {
         guard,
         addr,

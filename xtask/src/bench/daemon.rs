@@ -103,7 +103,14 @@ pub fn attach(
         // The profiler is on by default (100 Hz); level 1 has to turn it off with 0.
         cmd.args(["--sample-hz", &sample_hz.unwrap_or(0).to_string()]);
     }
-    let mut guard = Guard::spawn("fmd-daemon", &mut cmd, log, libc::SIGINT)?;
+    // The daemon flushes its last batch to DuckDB on SIGINT: give it time.
+    let mut guard = Guard::spawn(
+        "fmd-daemon",
+        &mut cmd,
+        log,
+        libc::SIGINT,
+        Duration::from_secs(30),
+    )?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !marker(db).exists() {
         if let Some(status) = guard.exited() {

@@ -293,7 +293,8 @@ fn run_once(env: &Env<'_>, settings: &Settings, spec: &Spec, rep: u32) -> Result
         monitor.stop()?;
     }
     if let Err(e) = app.guard.stop() {
-        eprintln!("bench: {e:#}");
+        // Its figures are in already; Flask-MonitoringDashboard's threads often hold the worker up.
+        eprintln!("bench: {e:#} (after its measurements: no effect on them)");
     }
     if matches!(spec.monitor, Monitor::Fmd { .. }) && env.features.query_stats {
         run.stored = Some(daemon::stats(env.daemon, &fmd_db(env, spec, rep))?.requests_stored);
@@ -340,6 +341,7 @@ fn start_monitor(
                     .args(["--pid", &worker.to_string()]),
                 &log,
                 libc::SIGINT,
+                Duration::from_secs(15),
             )?;
             // py-spy attaches within a fraction of a second; give it one before the warm-up, and make sure it did.
             thread::sleep(Duration::from_secs(1));

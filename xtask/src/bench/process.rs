@@ -13,17 +13,24 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 /// Stops its process when dropped: `signal` first (SIGINT lets the daemon and py-spy flush), then SIGKILL
-/// after 15 s to it and its children, so that a gunicorn worker cannot outlive a killed master and load the
+/// after `grace` to it and its children, so that a gunicorn worker cannot outlive a killed master and load the
 /// next measurement. (The processes stay in xtask's process group, so Ctrl-C still reaches them all.)
 pub struct Guard {
     child: Child,
     signal: i32,
+    grace: Duration,
     name: String,
 }
 
 impl Guard {
     /// Starts `cmd` with its output in `log` (created or truncated), so a failed run can be diagnosed.
-    pub fn spawn(name: &str, cmd: &mut Command, log: &Path, signal: i32) -> Result<Self> {
+    pub fn spawn(
+        name: &str,
+        cmd: &mut Command,
+        log: &Path,
+        signal: i32,
+        grace: Duration,
+    ) -> Result<Self> {
         let out =
             fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
@@ -36,6 +43,7 @@ impl Guard {
         Ok(Self {
             child,
             signal,
+            grace,
             name: name.into(),
         })
     }
@@ -53,7 +61,11 @@ impl Guard {
     pub fn stop(mut self) -> Result<()> {
         let clean = self.stop_inner();
         if !clean {
-            bail!("{} did not stop within 15 s and was killed", self.name);
+            bail!(
+                "{} did not stop within {} s and was killed",
+                self.name,
+                self.grace.as_secs()
+            );
         }
         Ok(())
     }
@@ -64,7 +76,7 @@ impl Guard {
         }
         // SAFETY: kill(2) on a pid we spawned and have not reaped.
         unsafe { libc::kill(self.child.id() as i32, self.signal) };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + self.grace;
         while Instant::now() < deadline {
             if self.exited().is_some() {
                 return true;

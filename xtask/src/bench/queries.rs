@@ -30,6 +30,9 @@ struct Output {
     rows: u64,
     schema_note: Option<String>,
     views: std::collections::BTreeMap<String, Timed>,
+    /// A few counts over the data, equal in both stores when they hold the same requests.
+    #[serde(default)]
+    fingerprint: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -180,6 +183,25 @@ fn schema_source(work: &Path) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
+/// How the fmd store differs from the daemon's schema, and whether the two stores hold different data.
+fn schema_note(fmd: &Result<Output>, dashboard: &Result<Output>) -> Option<String> {
+    let mut notes: Vec<String> = fmd
+        .as_ref()
+        .ok()
+        .and_then(|o| o.schema_note.clone())
+        .into_iter()
+        .collect();
+    if let (Ok(a), Ok(b)) = (fmd, dashboard) {
+        if a.fingerprint != b.fingerprint {
+            notes.push(format!(
+                "**the two stores differ** (fmd {:?}, dashboard {:?}): the timings compare different data",
+                a.fingerprint, b.fingerprint
+            ));
+        }
+    }
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
 fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScale {
     let timing = |side: &Result<Output>, view: &str| match side {
         Err(e) => Timing {
@@ -223,7 +245,7 @@ fn scale(rows: u64, fmd: Result<Output>, dashboard: Result<Output>) -> QueryScal
         days: 30,
         versions: 20,
         users: 5000,
-        schema_note: fmd.as_ref().ok().and_then(|o| o.schema_note.clone()),
+        schema_note: schema_note(&fmd, &dashboard),
         views: VIEWS
             .iter()
             .map(|view| ViewTiming {
@@ -276,7 +298,8 @@ mod tests {
     const FMD: &str = r#"{"rows": 100, "generate_s": 1.0, "schema_note": "extra columns",
         "views": {"overview": {"p50_ms": 1.5, "runs": 5, "over_s": null},
                   "heatmap": {"p50_ms": 2.0, "runs": 5, "over_s": null},
-                  "version_quartiles": {"p50_ms": 0.5, "runs": 5, "over_s": null}}}"#;
+                  "version_quartiles": {"p50_ms": 0.5, "runs": 5, "over_s": null}},
+        "fingerprint": {"endpoint_hits": 5}}"#;
 
     #[test]
     fn both_sides_timed() {
@@ -320,6 +343,16 @@ mod tests {
         assert_eq!(
             scale(100, output(FMD), output(FMD)).schema_note.as_deref(),
             Some("extra columns")
+        );
+        let other = FMD.replace(r#""endpoint_hits": 5"#, r#""endpoint_hits": 6"#);
+        assert_eq!(
+            scale(100, output(FMD), output(&other))
+                .schema_note
+                .as_deref(),
+            Some(
+                "extra columns; **the two stores differ** (fmd {\"endpoint_hits\": 5}, dashboard \
+                 {\"endpoint_hits\": 6}): the timings compare different data"
+            )
         );
     }
 }
