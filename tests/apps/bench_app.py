@@ -1,8 +1,7 @@
 """The benchmark app: four endpoints whose cost is fixed work, not fixed time, so whatever a monitor adds
 shows up as lost throughput and longer latency (`cargo xtask bench`).
 
-Run under gunicorn: `gunicorn bench_app:app`. `raw` is a bare WSGI callable for the capture-capacity
-measurement, where the point is to serve as many requests per second as Python can.
+Run under gunicorn: `gunicorn bench_app:app`.
 """
 import time
 
@@ -55,8 +54,3 @@ def cpu_heavy():
 def sleep():
     time.sleep(0.005)
     return "slept"
-
-
-def raw(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
-    return [b"ok"]

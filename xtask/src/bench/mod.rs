@@ -142,13 +142,14 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if wanted(Part::Capacity) {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+        // One server worker per core: the asyncio workers never block, so more would only take turns.
         let settings = capacity::Settings {
-            workers: 2 * cores,
+            workers: cores,
             threads: 2,
             connections: if args.quick {
-                vec![8]
+                vec![16]
             } else {
-                vec![4, 16, 64, 256]
+                vec![4, 16, 64, 256, 1024]
             },
             duration: secs(if args.quick { 1 } else { 5 }),
         };
