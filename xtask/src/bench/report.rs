@@ -329,28 +329,31 @@ fn overhead(md: &mut String, r: &Results) {
         let _ = writeln!(md, "### `/{endpoint}` ({what})\n");
         let _ = writeln!(
             md,
-            "| Configuration | req/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare |"
+            "| Configuration | req/s | p50 ms | p99 ms | req/s vs bare | p99 vs bare | wrk errors |"
         );
-        let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
         for c in &o.configurations {
             match (&c.note, c.endpoints.get(*endpoint)) {
                 (_, Some(f)) => {
                     let _ = writeln!(
                         md,
-                        "| {} | {:.1} | {:.2} | {:.2} | {} | {} |",
+                        "| {} | {:.1} | {:.2} | {:.2} | {} | {} | {} |",
                         c.name,
                         f.rps,
                         f.p50_ms,
                         f.p99_ms,
                         ratio(f.ratio_to_bare),
-                        ratio(f.p99_ratio_to_bare)
+                        ratio(f.p99_ratio_to_bare),
+                        // Socket errors and non-2xx answers over every repetition: a monitor that breaks
+                        // requests must not pass for a fast one.
+                        f.runs.iter().map(|m| m.errors).sum::<u64>()
                     );
                 }
                 (Some(note), None) => {
-                    let _ = writeln!(md, "| {} | {note} | | | | |", c.name);
+                    let _ = writeln!(md, "| {} | {note} | | | | | |", c.name);
                 }
                 (None, None) => {
-                    let _ = writeln!(md, "| {} | no figures | | | | |", c.name);
+                    let _ = writeln!(md, "| {} | no figures | | | | | |", c.name);
                 }
             }
         }
@@ -513,9 +516,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::{
-        super::results::{
-            Capacity, CapacityStep, EndpointFigures, Overhead, Queries, QueryScale, Timing,
-            ViewTiming,
+        super::{
+            results::{
+                Capacity, CapacityStep, EndpointFigures, Overhead, Queries, QueryScale, Timing,
+                ViewTiming,
+            },
+            wrk::Measured,
         },
         *,
     };
@@ -527,7 +533,17 @@ mod tests {
             p99_ms: 2.0 * p99_ratio,
             ratio_to_bare: Some(ratio),
             p99_ratio_to_bare: Some(p99_ratio),
-            runs: vec![],
+            // Two repetitions, one with errors: the table shows their sum.
+            runs: vec![
+                Measured {
+                    errors: 1,
+                    ..Measured::default()
+                },
+                Measured {
+                    errors: 2,
+                    ..Measured::default()
+                },
+            ],
         }
     }
 
@@ -736,8 +752,8 @@ mod tests {
         let md = render(&r);
         for expect in [
             "- Command: `cargo xtask bench`",
-            "| bare | 1000.0 | 1.00 | 2.00 | 1.000x | 1.000x |",
-            "| fmd-l3-5ms | not available: profiler not implemented | | | | |",
+            "| bare | 1000.0 | 1.00 | 2.00 | 1.000x | 1.000x | 3 |",
+            "| fmd-l3-5ms | not available: profiler not implemented | | | | | |",
             "| 8 | 5000 | 100 | 100 | 0 | yes |",
             "### 10,000,000 requests",
             "| overview | 12.5 (5 runs) | 9000.0 (2 runs) | 720.0x |",
