@@ -1,6 +1,7 @@
 //! fmd's only automation: installing the toolchain pieces, building, testing, the demo and benchmarks.
 //! Run as `cargo xtask <command>` (the alias lives in .cargo/config.toml).
 
+mod bench;
 mod build;
 mod command;
 mod demo;
@@ -13,7 +14,7 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "fmd's build, test and demo tasks")]
+#[command(about = "fmd's build, test, demo and benchmark tasks")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +37,9 @@ enum Command {
         #[arg(long)]
         pyenv_root: Option<std::path::PathBuf>,
     },
+    /// Measure fmd's overhead on a Flask app against Flask-MonitoringDashboard and py-spy, the daemon's capture
+    /// capacity and query speed at scale; writes BENCHMARKS.md and tests/bench/results.json.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -48,6 +52,7 @@ fn main() {
         Command::GenOffsets { pyenv_root } => {
             offsets::gen_offsets(pyenv_root, &paths::workspace().join("fmd-daemon/src/python/offsets.rs"))
         }
+        Command::Bench(args) => bench::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
