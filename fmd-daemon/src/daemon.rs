@@ -50,6 +50,17 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let api_state = api::AppState::new(store.reader()?);
     let mut capture = info_span!("attach").in_scope(Capture::load)?;
     watch_target(&mut capture, &target)?;
+    let workers = match &target {
+        Target::Master { workers, .. } => workers.clone(),
+        Target::Worker { pid } => vec![*pid],
+    };
+    for &worker in &workers {
+        let fds = procs::accepted_sockets(worker);
+        if !fds.is_empty() {
+            let added = capture.track_existing(worker, &fds, monotonic_ns())?;
+            info!(pid = worker, connections = added, "following connections opened before fmd attached");
+        }
+    }
     // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd drops it.
     let ring = unsafe { AsyncFd::register_with_interest(capture.take_events()?, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)

@@ -334,3 +334,30 @@ fn unprivileged_user_is_told_to_run_as_root() {
     assert!(!out.status.success());
     assert!(stderr.contains("root"), "the error must say to run as root: {stderr}");
 }
+
+/// A keep-alive connection opened before fmd attached: its later requests are captured too.
+#[test]
+fn keep_alive_connection_opened_before_attachment() {
+    if !require_bpf() {
+        return;
+    }
+    let Some(venv) = Venv::get("debian3.11") else { return };
+    let dir = TempDir::new("preexisting");
+    let app = Gunicorn::start(
+        &venv,
+        &GunicornOptions { worker_class: "gthread", threads: 2, workers: 1, extra: &["--keep-alive", "60"], ..Default::default() },
+    );
+    let mut conn = Conn::tcp(&app.addr).expect("connect");
+    let first = conn.send(&Req::get("/hello/before?k=0")).expect("request");
+    assert!(!first.closed, "gthread keeps the connection open");
+    let mut daemon = Daemon::start(app.pid(), &dir.0);
+    for k in 1..=5 {
+        let answer = conn.send(&Req::get(&format!("/hello/after?k={k}"))).expect("request on the old connection");
+        assert_eq!(answer.status, 200);
+    }
+    drop(conn);
+    daemon.stop();
+    let rows = tests::fixtures::query(&daemon.db, "requests", &[]);
+    let queries: Vec<&str> = rows.iter().filter_map(|r| r["query"].as_str()).collect();
+    assert_eq!(queries, ["k=1", "k=2", "k=3", "k=4", "k=5"], "{rows:?}");
+}

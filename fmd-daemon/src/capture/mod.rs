@@ -99,6 +99,24 @@ impl Capture {
         self.pids()?.insert(pid, role, 0).map_err(|source| Error::Map { name: names::PIDS, source })
     }
 
+    /// Puts sockets `pid` accepted before fmd attached into the connection table, so that their next
+    /// requests are captured; a socket BPF already tracks (accepted meanwhile) is left alone.
+    pub fn track_existing(&mut self, pid: u32, fds: &[i32], now_ns: u64) -> Result<usize, Error> {
+        const BPF_NOEXIST: u64 = 1;
+        let mut conns: HashMap<_, fmd_common::http::ConnKey, fmd_common::http::Conn> =
+            HashMap::try_from(map_mut(&mut self.ebpf, names::CONNS)?)
+                .map_err(|source| Error::Map { name: names::CONNS, source })?;
+        let mut added = 0;
+        for (i, &fd) in fds.iter().enumerate() {
+            // A distinct, non-zero identity per socket, earlier than anything BPF stamps from now on.
+            let conn = fmd_common::http::Conn { conn_ts: now_ns.saturating_sub(fds.len() as u64 - i as u64) };
+            if conns.insert(fmd_common::http::ConnKey { tgid: pid, fd }, conn, BPF_NOEXIST).is_ok() {
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
     /// Stops watching `pid` (already gone, or a thread mistaken for a process).
     pub fn unwatch(&mut self, pid: u32) -> Result<(), Error> {
         match self.pids()?.remove(&pid) {

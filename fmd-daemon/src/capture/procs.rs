@@ -157,3 +157,97 @@ mod tests {
         assert!(matches!(err, Err(Error::NotPython { .. })), "{err:?}");
     }
 }
+
+/// Sockets `pid` had accepted before fmd attached (keep-alive connections of gthread workers, a request in
+/// flight): established TCP sockets on a port the process listens on, and connected unix sockets bound to
+/// a path it listens on. Their later requests are captured once they are in the connection table.
+pub fn accepted_sockets(pid: u32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let inodes: std::collections::HashMap<u64, i32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let target = fs::read_link(e.path()).ok()?;
+            let inode = target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
+            Some((inode, fd))
+        })
+        .collect();
+    let read = |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
+    let tcp = [read("tcp"), read("tcp6")].concat();
+    let mut fds = server_tcp_inodes(&tcp, |i| inodes.contains_key(&i));
+    fds.extend(server_unix_inodes(&read("unix"), |i| inodes.contains_key(&i)));
+    let mut fds: Vec<i32> = fds.iter().filter_map(|i| inodes.get(i).copied()).collect();
+    fds.sort_unstable();
+    fds
+}
+
+/// Inodes of established TCP sockets whose local port is one a socket of the process listens on.
+fn server_tcp_inodes(table: &str, ours: impl Fn(u64) -> bool) -> Vec<u64> {
+    // `sl local_address rem_address st ... inode`: addresses are `HEXIP:HEXPORT`, state 0A = LISTEN,
+    // 01 = ESTABLISHED, the inode is the 10th column.
+    let rows: Vec<(u16, &str, u64)> = table
+        .lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let port = u16::from_str_radix(cols.get(1)?.rsplit(':').next()?, 16).ok()?;
+            Some((port, *cols.get(3)?, cols.get(9)?.parse().ok()?))
+        })
+        .filter(|&(_, _, inode)| ours(inode))
+        .collect();
+    let listening: Vec<u16> = rows.iter().filter(|r| r.1 == "0A").map(|r| r.0).collect();
+    rows.iter().filter(|r| r.1 == "01" && listening.contains(&r.0)).map(|r| r.2).collect()
+}
+
+/// Inodes of connected unix stream sockets bound to a path a socket of the process listens on (the server
+/// side of an accepted connection carries the listening socket's path; the client side has none).
+fn server_unix_inodes(table: &str, ours: impl Fn(u64) -> bool) -> Vec<u64> {
+    // `Num RefCount Protocol Flags Type St Inode Path`: flag 0x10000 = accepting, state 03 = connected.
+    let rows: Vec<(u32, &str, u64, &str)> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(cols.get(3)?, 16).ok()?;
+            Some((flags, *cols.get(5)?, cols.get(6)?.parse().ok()?, *cols.get(7)?))
+        })
+        .filter(|&(_, _, inode, _)| ours(inode))
+        .collect();
+    let listening: Vec<&str> = rows.iter().filter(|r| r.0 & 0x10000 != 0).map(|r| r.3).collect();
+    rows.iter().filter(|r| r.1 == "03" && listening.contains(&r.3)).map(|r| r.2).collect()
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0\n\
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 101 1 0 20 4 30 10 -1\n\
+   2: 0100007F:C351 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 102 1 0 20 4 30 10 -1\n\
+   3: 0100007F:D000 0100007F:18EB 01 00000000:00000000 00:00000000 00000000     0        0 103 1 0 20 4 30 10 -1\n\
+   4: 0100007F:1F90 0100007F:C352 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0 20 4 30 10 -1\n";
+
+    #[test]
+    fn accepted_tcp_sockets_are_on_a_listening_port() {
+        // 101: accepted on :8080; 102: a client connection *to* :8080 (local port is ephemeral); 103: an
+        // outgoing connection; 999: accepted, but by another process.
+        let ours = |i: u64| i != 999;
+        assert_eq!(server_tcp_inodes(TCP, ours), vec![101]);
+        assert_eq!(server_tcp_inodes(TCP, |i| i == 101), Vec::<u64>::new(), "no listening socket of ours");
+    }
+
+    #[test]
+    fn accepted_unix_sockets_carry_the_listening_path() {
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000001: 00000002 00000000 00010000 0001 01 200 /run/app.sock\n\
+            0000000000000002: 00000003 00000000 00000000 0001 03 201 /run/app.sock\n\
+            0000000000000003: 00000003 00000000 00000000 0001 03 202\n\
+            0000000000000004: 00000003 00000000 00000000 0001 03 203 /run/other.sock\n";
+        assert_eq!(server_unix_inodes(unix, |_| true), vec![201]);
+    }
+
+    #[test]
+    fn own_process_has_no_accepted_sockets_by_default() {
+        assert!(accepted_sockets(std::process::id()).is_empty());
+    }
+}
