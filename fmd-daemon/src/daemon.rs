@@ -33,6 +33,11 @@ use crate::{
     store::{self, names, DaemonFile, RunInfo, Store, WriterHandle},
 };
 
+/// How often the ring buffer is drained: BPF wakes the daemon only when the buffer fills (see
+/// fmd-ebpf/src/http.rs), so records wait at most this long and the daemon wakes ~50 times a second, not
+/// once per syscall.
+const DRAIN: Duration = Duration::from_millis(20);
+
 /// How often counters are stored, idle connections expired and buffered rows handed to the writer.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -188,12 +193,21 @@ impl Pipeline {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(TICK);
+        let mut drain = tokio::time::interval(DRAIN);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("polling the ring buffer")?;
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
+                    self.attribute();
+                    if self.batch.len() >= 1024 {
+                        self.hand_over().await;
+                    }
+                }
+                _ = drain.tick() => {
+                    self.drain(ring.get_mut());
                     self.attribute();
                     if self.batch.len() >= 1024 {
                         self.hand_over().await;

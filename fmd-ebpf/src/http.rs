@@ -55,6 +55,22 @@ struct Iovec {
     len: u64,
 }
 
+/// The daemon drains the ring buffer on a short timer, so records do not wake it up one by one (a wakeup
+/// per syscall cost the app more than the capture itself); only a filling buffer forces a wakeup.
+const WAKEUP_BYTES: u64 = 1 << 20;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+pub(crate) fn ring_flags() -> u64 {
+    if FMD_EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 #[inline(always)]
 fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
     // SAFETY: offsets are inside the syscall tracepoint record (see the module comment).
@@ -79,7 +95,7 @@ pub(crate) fn header(kind: u32, id: u64, fd: i32, conn_ts: u64, len: u64, copied
 
 #[inline(always)]
 pub(crate) fn send_header(h: &EventHeader) {
-    match FMD_EVENTS.output::<EventHeader>(h, 0) {
+    match FMD_EVENTS.output::<EventHeader>(h, ring_flags()) {
         Ok(()) => count(stats::EVENTS_SENT),
         Err(_) => count(stats::RINGBUF_DROPS),
     }
@@ -190,7 +206,7 @@ fn send_data(event_kind: u32, id: u64, pending: &Pending, conn_ts: u64, total: u
     }
     // SAFETY: `size` is at most `size_of::<DataEvent>()`, checked just above.
     let bytes = unsafe { core::slice::from_raw_parts(event as *const _ as *const u8, size) };
-    match FMD_EVENTS.output::<[u8]>(bytes, 0) {
+    match FMD_EVENTS.output::<[u8]>(bytes, ring_flags()) {
         Ok(()) => count(stats::EVENTS_SENT),
         Err(_) => count(stats::RINGBUF_DROPS),
     }
@@ -246,7 +262,7 @@ fn exit_accept(ctx: &TracePointContext) {
     let size = if copied == 0 { EVENT_HEADER_SIZE } else { EVENT_HEADER_SIZE + MAX_SOCKADDR };
     // SAFETY: `size` is within the scratch record.
     let bytes = unsafe { core::slice::from_raw_parts(event as *const _ as *const u8, size) };
-    match FMD_EVENTS.output::<[u8]>(bytes, 0) {
+    match FMD_EVENTS.output::<[u8]>(bytes, ring_flags()) {
         Ok(()) => count(stats::EVENTS_SENT),
         Err(_) => count(stats::RINGBUF_DROPS),
     }
