@@ -6,6 +6,7 @@
 mod http;
 mod maps;
 mod process;
+mod sampler;
 
 #[cfg(not(test))]
 #[panic_handler]

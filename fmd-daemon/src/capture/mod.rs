@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod procs;
+pub mod sampler;
 
 use std::{io, path::Path};
 
@@ -45,6 +46,8 @@ pub enum Error {
     },
     #[error("tracefs is not available at {TRACEFS} and mounting it failed")]
     Tracefs(#[source] io::Error),
+    #[error("cannot list the online CPUs to attach the sampler to")]
+    Cpus(#[source] io::Error),
     #[error("cannot read the format of tracepoint {tracepoint}")]
     TracepointFormat { tracepoint: String, source: io::Error },
 }
