@@ -20,8 +20,9 @@ use crate::{
         Capture,
     },
     config::Config,
+    profile::Collector,
     request::Request,
-    store::{self, names, DaemonFile, RunInfo, Store, WriterHandle},
+    store::{self, names, profiles::ProfileSink, DaemonFile, RunInfo, Store, WriterHandle},
 };
 
 /// How often counters are stored, idle connections expired and buffered rows handed to the writer.
@@ -38,6 +39,12 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let ring = unsafe { AsyncFd::register_with_interest(capture.take_events()?, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("cannot poll the BPF ring buffer")?;
+
+    let clock_offset = clock_offset_ns();
+    let (profiling, profile_writer) = match start_profiling(&config, &mut capture, &target, &store, clock_offset) {
+        Some((p, thread)) => (Some(p), Some(thread)),
+        None => (None, None),
+    };
 
     let run = RunInfo { target_pid: pid, version: env!("CARGO_PKG_VERSION").to_owned(), started_at: store::time::now_us() };
     let (writer, writer_thread) = store::spawn_writer(store, run)?;
@@ -67,7 +74,8 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     };
     let mut pipeline = Pipeline {
         capture,
-        assembler: Assembler::new(limits, clock_offset_ns()),
+        assembler: Assembler::new(limits, clock_offset),
+        profiling,
         writer: writer.clone(),
         target: target.pid(),
         batch: Vec::new(),
@@ -81,6 +89,10 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     pipeline.hand_over().await;
     pipeline.store_counters().await;
     drop(pipeline);
+    // The pipeline held the profile sink: the writer now stores what is queued and stops.
+    if let Some(thread) = profile_writer {
+        let _ = thread.join();
+    }
     let report = writer.stop().await;
     let _ = stop_api.send(());
     let _ = server.await;
@@ -89,6 +101,49 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let report = report?;
     info!(rows = report.rows_written, write_errors = report.write_errors, "detached and flushed");
     result
+}
+
+/// Attaches the stack sampler and reads each worker's interpreter. A failure costs the profiles only: requests
+/// are still captured.
+fn start_profiling(
+    config: &Config,
+    capture: &mut Capture,
+    target: &Target,
+    store: &Store,
+    clock_offset: i64,
+) -> Option<(Profiling, std::thread::JoinHandle<()>)> {
+    let p = &config.profiler;
+    if p.sample_hz == 0 {
+        info!("profiler off (sample_hz = 0)");
+        return None;
+    }
+    let (sink, thread) = match store.reader().and_then(store::profiles::spawn_profile_writer) {
+        Ok(started) => started,
+        Err(e) => {
+            warn!(error = %e, "cannot start the profile writer: profiling off");
+            return None;
+        }
+    };
+    if let Err(e) = capture.start_sampler(p.sample_hz, p.mode) {
+        warn!(error = %e, "cannot attach the stack sampler: profiling off");
+        return None;
+    }
+    let mut collector = Collector::new(p.sample_hz, p.mode, clock_offset);
+    let workers = match target {
+        Target::Master { workers, .. } => workers.clone(),
+        Target::Worker { pid } => vec![*pid],
+    };
+    for pid in workers {
+        if let Err(e) = collector.add_worker(capture, pid) {
+            warn!(pid, error = %e, "cannot profile this worker");
+        }
+    }
+    Some((Profiling { collector, sink }, thread))
+}
+
+struct Profiling {
+    collector: Collector,
+    sink: ProfileSink,
 }
 
 fn watch_target(capture: &mut Capture, target: &Target) -> Result<(), capture::Error> {
@@ -118,6 +173,7 @@ fn clock_offset_ns() -> i64 {
 struct Pipeline {
     capture: Capture,
     assembler: Assembler,
+    profiling: Option<Profiling>,
     writer: WriterHandle,
     target: u32,
     batch: Vec<Request>,
@@ -142,6 +198,10 @@ impl Pipeline {
                 }
                 _ = tick.tick() => {
                     self.assembler.expire(monotonic_ns(), &mut self.batch);
+                    if let Some(p) = &mut self.profiling {
+                        p.collector.refresh(&mut self.capture);
+                        p.collector.expire(monotonic_ns());
+                    }
                     self.hand_over().await;
                     self.store_counters().await;
                 }
@@ -168,6 +228,16 @@ impl Pipeline {
             match header.kind {
                 kind::FORK => self.on_fork(header.len as u32),
                 kind::EXIT => self.on_exit(header.tgid, &header, payload),
+                kind::SAMPLE => {
+                    if let Some(p) = &mut self.profiling {
+                        p.collector.on_sample(&header, payload);
+                    }
+                }
+                kind::WAKE => {
+                    if let Some(p) = &mut self.profiling {
+                        p.collector.on_wake(&header);
+                    }
+                }
                 _ => self.assembler.push(&header, payload, &mut self.batch),
             }
         }
@@ -176,7 +246,14 @@ impl Pipeline {
     /// BPF already watches the child (so its first request is caught); drop it again if it is a thread.
     fn on_fork(&mut self, child: u32) {
         match procs::inspect(child) {
-            Ok(info) if info.tgid == child => info!(pid = child, "new worker"),
+            Ok(info) if info.tgid == child => {
+                info!(pid = child, "new worker");
+                if let Some(p) = &mut self.profiling {
+                    if let Err(e) = p.collector.add_worker(&mut self.capture, child) {
+                        warn!(pid = child, error = %e, "cannot profile this worker");
+                    }
+                }
+            }
             Ok(_) => {
                 debug!(tid = child, "the master started a thread, not a worker");
                 let _ = self.capture.unwatch(child);
@@ -193,6 +270,9 @@ impl Pipeline {
             Ok(_) => {}
             Err(e) => warn!(pid, error = %e, "cannot clean the connection table"),
         }
+        if let Some(p) = &mut self.profiling {
+            p.collector.remove_worker(&mut self.capture, pid);
+        }
         if pid == self.target {
             self.target_gone = true;
         } else {
@@ -205,6 +285,14 @@ impl Pipeline {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        if let Some(p) = &mut self.profiling {
+            let profiles = p.collector.take_profiles(&batch);
+            if !profiles.is_empty() {
+                if let Err(e) = p.sink.send(profiles) {
+                    warn!(error = %e, "request profiles are lost");
+                }
+            }
+        }
         if let Err(e) = self.writer.insert(batch).await {
             warn!(error = %e, "the store writer is gone; requests are lost");
         }
@@ -228,6 +316,17 @@ impl Pipeline {
                 }
             }
             Err(e) => warn!(error = %e, "cannot read the BPF counters"),
+        }
+        if let Some(p) = &self.profiling {
+            values.extend(p.collector.counter_values());
+            match self.capture.sampler_counters() {
+                Ok(c) => values.extend([
+                    ("profile_samples_sent", c.samples_sent),
+                    ("profile_samples_lost", c.sample_drops),
+                    ("profile_samples_truncated", c.samples_truncated),
+                ]),
+                Err(e) => warn!(error = %e, "cannot read the sampler counters"),
+            }
         }
         let values = values.into_iter().map(|(k, v)| (k.to_owned(), i64::try_from(v).unwrap_or(i64::MAX))).collect();
         if let Err(e) = self.writer.set_counters(values).await {

@@ -2,6 +2,7 @@
 //! `capture`.
 
 mod error;
+mod profiles;
 mod requests;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -58,6 +59,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/requests", get(requests::requests))
         .route("/api/stats", get(requests::stats))
         .route("/api/health", get(requests::health))
+        .route("/api/requests/{id}/profile", get(profiles::request_profile))
+        .route("/api/endpoints/{endpoint}/grouped-profile", get(profiles::endpoint_grouped))
+        .route("/api/paths/grouped-profile", get(profiles::path_grouped))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -34,7 +34,7 @@ pub struct SamplerTables {
 }
 
 impl Capture {
-    /// Attaches the CPU-clock sampler at `hz` on every online CPU and, in wall mode, `sched_switch`.
+    /// Attaches the CPU-clock sampler (every `1/hz` s of CPU time) on every online CPU and, in wall mode, `sched_switch`.
     pub fn start_sampler(&mut self, hz: u64, mode: ProfileMode) -> Result<(), Error> {
         let switch_next_pid = field_offset("sched", "sched_switch", "next_pid")?;
         let config = SamplerConfig {
@@ -73,7 +73,8 @@ impl Capture {
             prog.attach(
                 PerfEventConfig::Software(SoftwareEvent::CpuClock),
                 PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(hz.max(1)),
+                // cpu-clock counts nanoseconds: a fixed period gives every sample the same, known weight.
+                SamplePolicy::Period(1_000_000_000 / hz.max(1)),
                 false,
             )
             .map_err(|source| program_error(program, source))?;

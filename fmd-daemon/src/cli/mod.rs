@@ -1,6 +1,7 @@
 //! Command-line subcommands of fmd-daemon besides running the daemon itself: `query requests` and
 //! `query stats` over a database, whether a daemon is running on it or not.
 
+mod profile;
 mod query;
 
 pub use self::query::{

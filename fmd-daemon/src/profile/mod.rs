@@ -2,10 +2,14 @@
 //! per-request samples into FMD's views (a request's execution tree, an endpoint's merged profile).
 
 pub mod attribution;
+pub mod collector;
 pub mod tree;
 
 pub use attribution::{Attributor, FrameId, ProfiledRequest, Sample};
-pub use tree::{folded, grouped, request_tree, GroupedLine, GroupedProfile, Node, StackWeight};
+pub use collector::Collector;
+pub use tree::{
+    folded, grouped, request_tree, GroupedLine, GroupedProfile, Node, StackWeight, TreeNode,
+};
 
 /// How the sampler weighs time.
 #[derive(

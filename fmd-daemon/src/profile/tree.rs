@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One stack of one request as stored: frames outermost first (store ids), its weight and sample count.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct StackWeight {
 }
 
 /// A node of an execution tree: one code line reached through its ancestors.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     pub frame: i64,
     /// Samples whose stack passes through this node.
@@ -28,9 +28,9 @@ pub struct Node {
     /// `time_ms` over the request's duration (or the merged requests' total duration).
     pub share: f64,
     /// Merged profiles only: mean and standard deviation of the per-request time (absent = 0 ms).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avg_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub std_ms: Option<f64>,
     pub children: Vec<Node>,
 }
@@ -104,13 +104,51 @@ fn mean_std(values: impl Iterator<Item = f64>, n: usize) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// One request's execution tree.
-pub fn request_tree(stacks: &[StackWeight], duration_ns: u64) -> Vec<Node> {
-    build(stacks, duration_ns, None)
+/// A tree node in pre-order with its depth and parent (an index into the same list), so that deep stacks
+/// (recursion) need no deep nesting in JSON: serde_json and browsers stop at about 128 levels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TreeNode {
+    pub parent: Option<usize>,
+    pub depth: usize,
+    pub frame: i64,
+    pub hits: u64,
+    pub time_ms: f64,
+    pub share: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avg_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std_ms: Option<f64>,
+}
+
+/// The nested tree as a pre-order list (iterative: a tree may be as deep as the sampler's stacks).
+pub fn flatten(nodes: &[Node]) -> Vec<TreeNode> {
+    let mut out = Vec::new();
+    let mut todo: Vec<(&Node, Option<usize>, usize)> =
+        nodes.iter().rev().map(|n| (n, None, 0)).collect();
+    while let Some((n, parent, depth)) = todo.pop() {
+        let at = out.len();
+        out.push(TreeNode {
+            parent,
+            depth,
+            frame: n.frame,
+            hits: n.hits,
+            time_ms: n.time_ms,
+            share: n.share,
+            avg_ms: n.avg_ms,
+            std_ms: n.std_ms,
+        });
+        todo.extend(n.children.iter().rev().map(|c| (c, Some(at), depth + 1)));
+    }
+    out
+}
+
+/// One request's execution tree, in pre-order.
+pub fn request_tree(stacks: &[StackWeight], duration_ns: u64) -> Vec<TreeNode> {
+    flatten(&build(stacks, duration_ns, None))
 }
 
 /// One row of a merged profile's flat table: a code line wherever it appears in the stacks.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupedLine {
     pub frame: i64,
     /// Samples with this line on their stack (counted once per sample).
@@ -123,11 +161,12 @@ pub struct GroupedLine {
     pub share: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GroupedProfile {
     pub requests: usize,
     pub total_ms: f64,
-    pub tree: Vec<Node>,
+    /// In pre-order.
+    pub tree: Vec<TreeNode>,
     pub lines: Vec<GroupedLine>,
 }
 
@@ -173,7 +212,7 @@ pub fn grouped(stacks: &[StackWeight], durations: &[u64]) -> GroupedProfile {
     GroupedProfile {
         requests: n,
         total_ms: ns_to_ms(total_ns),
-        tree: build(stacks, total_ns, Some(n)),
+        tree: flatten(&build(stacks, total_ns, Some(n))),
         lines,
     }
 }
@@ -210,27 +249,31 @@ mod tests {
         }
     }
 
-    /// Flattens a tree to (depth, frame, hits, time ms, share %) rows.
-    fn rows(nodes: &[Node], depth: usize, out: &mut Vec<(usize, i64, u64, u64, u64)>) {
-        for n in nodes {
-            out.push((
-                depth,
-                n.frame,
-                n.hits,
-                n.time_ms.round() as u64,
-                (n.share * 100.0).round() as u64,
-            ));
-            rows(&n.children, depth + 1, out);
-        }
-    }
-
+    /// The tree as (depth, frame, hits, time ms, share %) rows; parents must point at the right rows.
     fn check_tree(
         stacks: &[StackWeight],
         duration_ms: u64,
         expect: &[(usize, i64, u64, u64, u64)],
     ) {
-        let mut got = Vec::new();
-        rows(&request_tree(stacks, duration_ms * 1_000_000), 0, &mut got);
+        let tree = request_tree(stacks, duration_ms * 1_000_000);
+        for (i, n) in tree.iter().enumerate() {
+            match n.parent {
+                None => assert_eq!(n.depth, 0),
+                Some(p) => assert!(p < i && tree[p].depth + 1 == n.depth, "{tree:?}"),
+            }
+        }
+        let got: Vec<_> = tree
+            .iter()
+            .map(|n| {
+                (
+                    n.depth,
+                    n.frame,
+                    n.hits,
+                    n.time_ms.round() as u64,
+                    (n.share * 100.0).round() as u64,
+                )
+            })
+            .collect();
         assert_eq!(got, expect);
     }
 
@@ -253,6 +296,9 @@ mod tests {
             &[(0, 5, 2, 20, 50), (1, 5, 2, 20, 50), (2, 5, 2, 20, 50)],
         );
         check_tree(&[], 40, &[]);
+        // Deeper than any JSON parser nests: a flat list.
+        let deep: Vec<i64> = (0..1000).collect();
+        assert_eq!(request_tree(&[sw(0, &deep, 1, 1)], 1).len(), 1000);
     }
 
     #[test]
@@ -280,14 +326,12 @@ mod tests {
             (line1.hits, line1.total_ms.round() as u64, line1.std_ms),
             (19, 190, line1.std_ms)
         );
-        assert_eq!(g.tree.len(), 1);
         assert_eq!(
-            g.tree[0]
-                .children
+            g.tree
                 .iter()
-                .map(|c| c.frame)
+                .map(|n| (n.depth, n.frame))
                 .collect::<Vec<_>>(),
-            vec![4, 2]
+            vec![(0, 1), (1, 4), (1, 2)]
         );
         assert_eq!(g.requests, 3);
     }

@@ -7,6 +7,7 @@
 //! and [`Store::open_read_only`] otherwise.
 
 mod daemon_file;
+pub mod profiles;
 mod requests;
 pub mod schema;
 mod stats;

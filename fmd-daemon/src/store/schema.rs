@@ -52,6 +52,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX requests_ts ON requests (ts);
     CREATE INDEX requests_endpoint_ts ON requests (endpoint, ts);
     ",
+    // 2: per-request Python stack samples (store/profiles.rs).
+    super::profiles::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -133,7 +135,16 @@ mod tests {
         assert_eq!(version(store.connection()).expect("version"), VERSION);
         assert_eq!(
             tables(store.connection()),
-            ["counters", "daemon_runs", "requests", "schema_version"]
+            [
+                "counters",
+                "daemon_runs",
+                "profile_frames",
+                "profile_samples",
+                "profile_stacks",
+                "profiled_requests",
+                "requests",
+                "schema_version"
+            ]
         );
     }
 

@@ -1,0 +1,55 @@
+"""Test app for the profiler: the view's time is split 60/30/10 between cpu_a() (pure-Python CPU),
+wait_b() (time.sleep, off CPU) and cpu_c() (pure-Python CPU), so a correct wall-clock profile shows
+those shares and an on-CPU profile shows wait_b near zero. /deep recurses 300 frames deep.
+
+Run under gunicorn: `gunicorn profiled:app`. It never knows it is profiled. The lines of the calls are
+found by their markers, so the test reads them from this file instead of hard-coding numbers.
+"""
+import time
+
+from flask import Flask
+
+app = Flask(__name__)
+
+# Milliseconds per request of each part (FMD_PROFILED_SCALE scales them all).
+A_MS, B_MS, C_MS = 60.0, 30.0, 10.0
+
+
+def spin(ms):
+    """Pure-Python CPU work for `ms` milliseconds of wall time."""
+    end = time.perf_counter() + ms / 1000.0
+    n = 0
+    while time.perf_counter() < end:  # spin-loop
+        n += 1
+    return n
+
+
+def cpu_a():
+    return spin(A_MS)  # cpu_a-call
+
+
+def wait_b():
+    time.sleep(B_MS / 1000.0)  # wait_b-sleep
+
+
+def cpu_c():
+    return spin(C_MS)  # cpu_c-call
+
+
+@app.route("/work")
+def work():
+    cpu_a()  # view-a
+    wait_b()  # view-b
+    cpu_c()  # view-c
+    return "done"
+
+
+def recurse(n):
+    if n == 0:
+        return spin(20)  # deep-bottom
+    return recurse(n - 1)  # deep-call
+
+
+@app.route("/deep")
+def deep():
+    return str(recurse(300))  # view-deep
