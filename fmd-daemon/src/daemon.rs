@@ -238,7 +238,14 @@ impl Pipeline {
                         p.collector.on_wake(&header);
                     }
                 }
-                _ => self.assembler.push(&header, payload, &mut self.batch),
+                _ => {
+                    if header.kind == kind::READ {
+                        if let Some(p) = &mut self.profiling {
+                            p.collector.note_thread(&mut self.capture, header.tgid, header.tid);
+                        }
+                    }
+                    self.assembler.push(&header, payload, &mut self.batch)
+                }
             }
         }
     }

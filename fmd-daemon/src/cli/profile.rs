@@ -19,13 +19,12 @@ pub struct ProfileArgs {
 }
 
 #[derive(Debug, clap::Args)]
-#[group(required = true, multiple = false)]
 pub struct GroupedArgs {
     /// Merge the last profiled requests of this Flask endpoint.
-    #[arg(long, group = "key")]
+    #[arg(long, required_unless_present = "path", conflicts_with = "path")]
     pub endpoint: Option<String>,
     /// Merge the last profiled requests with this exact path (for requests without an endpoint).
-    #[arg(long, group = "key")]
+    #[arg(long)]
     pub path: Option<String>,
     /// How many of the most recent profiled requests to merge.
     #[arg(long, default_value_t = 100)]

@@ -33,6 +33,9 @@ use crate::{
 
 /// How often each worker's thread list is re-read (new gthread threads, exited ones).
 const REFRESH: Duration = Duration::from_secs(1);
+/// Soonest a worker's thread list is re-read again for an unknown thread (bounds the cost of a thread that
+/// is not a Python thread at all).
+const EAGER_REFRESH: Duration = Duration::from_millis(20);
 /// Source files larger than this are not read for line text.
 const MAX_SOURCE_BYTES: u64 = 4 << 20;
 
@@ -176,6 +179,20 @@ impl Collector {
             if let Err(e) = refresh_threads(capture, &mut self.tables, pid, proc) {
                 tracing::debug!(pid, error = %e, "cannot refresh the thread list");
             }
+        }
+    }
+
+    /// A watched worker's thread reads from a client: if BPF does not know its thread state yet (a gthread
+    /// worker starts its threads on demand), re-read the thread list now rather than lose its first requests.
+    pub fn note_thread(&mut self, capture: &mut Capture, tgid: u32, tid: u32) {
+        let Some(proc) = self.procs.get_mut(&tgid) else {
+            return;
+        };
+        if proc.tids.contains(&tid) || proc.refreshed.elapsed() < EAGER_REFRESH {
+            return;
+        }
+        if let Err(e) = refresh_threads(capture, &mut self.tables, tgid, proc) {
+            tracing::debug!(pid = tgid, error = %e, "cannot refresh the thread list");
         }
     }
 
