@@ -28,6 +28,8 @@ pub mod kind {
     pub const SAMPLE: u32 = 8;
     /// A thread whose off-CPU stack was sent runs again: `len` = how long it was off CPU, in ns.
     pub const WAKE: u32 = 9;
+    /// A garbage collection ran on this thread (USDT `gc__start`/`gc__done`): `len` = its length in ns.
+    pub const GC: u32 = 10;
 }
 
 /// Fixed head of every ring-buffer record; `copied` payload bytes follow it.

@@ -30,6 +30,9 @@ pub mod names {
     pub const SAMPLE_PROGRAM: &str = "fmd_sample";
     /// The `sched/sched_switch` program taking off-CPU stacks (wall-clock mode).
     pub const SWITCH_PROGRAM: &str = "fmd_sched_switch";
+    /// Uprobes on CPython's USDT probes `python:gc__start` and `python:gc__done` (where built in).
+    pub const GC_START_PROGRAM: &str = "fmd_gc_start";
+    pub const GC_DONE_PROGRAM: &str = "fmd_gc_done";
 
     /// Every syscall tracepoint program, `(program name, tracepoint category, tracepoint name)`.
     pub const SYSCALL_PROGRAMS: &[(&str, &str, &str)] = &[

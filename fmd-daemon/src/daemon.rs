@@ -238,6 +238,11 @@ impl Pipeline {
                         p.collector.on_wake(&header);
                     }
                 }
+                kind::GC => {
+                    if let Some(p) = &mut self.profiling {
+                        p.collector.on_gc(&header);
+                    }
+                }
                 _ => {
                     if header.kind == kind::READ {
                         if let Some(p) = &mut self.profiling {

@@ -7,6 +7,7 @@ mod http;
 mod maps;
 mod process;
 mod sampler;
+mod usdt;
 
 #[cfg(not(test))]
 #[panic_handler]

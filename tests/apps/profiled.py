@@ -1,10 +1,11 @@
 """Test app for the profiler: the view's time is split about 60/30/10 between cpu_a() (pure-Python CPU),
 wait_b() (time.sleep, off CPU) and cpu_c() (pure-Python CPU), so a correct wall-clock profile shows
-those shares and an on-CPU profile shows wait_b near zero. /deep recurses 300 frames deep.
+those shares and an on-CPU profile shows wait_b near zero. /deep recurses 300 frames deep; /gc collects.
 
 Run under gunicorn: `gunicorn profiled:app`. It never knows it is profiled. The lines of the calls are
 found by their markers, so the test reads them from this file instead of hard-coding numbers.
 """
+import gc
 import time
 
 from flask import Flask
@@ -59,3 +60,10 @@ def recurse(n):
 @app.route("/deep")
 def deep():
     return str(recurse(300))  # view-deep
+
+
+@app.route("/gc")
+def collect():
+    junk = [[i] for i in range(200000)]
+    gc.collect()  # gc-collect
+    return str(len(junk))

@@ -262,7 +262,36 @@ fn run(label: &str, worker_class: &str, mode: &str) {
         seen.contains(&("recurse".to_owned(), marks["deep-bottom"]))
             || seen.contains(&("spin".to_owned(), marks["spin-loop"]))
     );
+
+    // GC time: measured where the interpreter has the USDT probes (Debian's python3.11), else unavailable.
+    assert_eq!(conn_get(&app.addr, "/gc"), 200);
+    thread::sleep(Duration::from_secs(2));
+    let rows = daemon.query("requests", &["--limit", "1000"]);
+    let id = rows
+        .iter()
+        .rev()
+        .find(|r| r["path"] == "/gc")
+        .and_then(|r| r["id"].as_i64())
+        .expect("the /gc request");
+    let profile = daemon.query("profile", &["--request", &id.to_string()]);
+    let gc_ms = &profile.first().expect("a profile of /gc")["gc_ms"];
+    if label == "debian3.11" {
+        assert!(
+            gc_ms.as_f64().is_some_and(|ms| ms > 0.0),
+            "{ctx}: no GC time: {gc_ms}"
+        );
+    } else {
+        assert!(gc_ms.is_null(), "{ctx}: GC time without probes: {gc_ms}");
+    }
     daemon.stop();
+}
+
+fn conn_get(addr: &str, target: &str) -> u16 {
+    Conn::tcp(addr)
+        .expect("connect")
+        .send(&Req::get(target).closing())
+        .expect("GET")
+        .status
 }
 
 macro_rules! matrix {

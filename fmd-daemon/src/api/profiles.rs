@@ -136,6 +136,7 @@ mod tests {
             duration_ns: r.duration_ns,
             path: "/p".into(),
             endpoint: Some("ep".into()),
+            gc_ns: Some(3_000_000),
             stacks: vec![ProfileStack {
                 frames: vec![frame("view", 3), frame("cpu_a", 9)],
                 off_cpu: false,

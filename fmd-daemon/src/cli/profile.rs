@@ -164,10 +164,12 @@ pub fn write_request_profile(
         Format::Table | Format::Folded => {
             writeln!(
                 out,
-                "request {}: {:.1} ms, {} samples{}",
+                "request {}: {:.1} ms, {} samples, GC {}{}",
                 p.request_id,
                 p.duration_ms,
                 p.samples,
+                p.gc_ms
+                    .map_or("unavailable".to_owned(), |ms| format!("{ms:.1} ms")),
                 if p.truncated {
                     " (some stacks truncated)"
                 } else {
@@ -227,10 +229,12 @@ pub fn write_grouped(p: &GroupedProfile, format: Format, out: &mut dyn Write) ->
         Format::Table => {
             writeln!(
                 out,
-                "{}: {} profiled requests, {:.1} ms in all{}",
+                "{}: {} profiled requests, {:.1} ms in all, GC {}{}",
                 p.key,
                 p.requests,
                 p.total_ms,
+                p.gc_ms
+                    .map_or("unavailable".to_owned(), |ms| format!("{ms:.1} ms")),
                 if p.truncated_requests > 0 {
                     format!(", {} with truncated stacks", p.truncated_requests)
                 } else {

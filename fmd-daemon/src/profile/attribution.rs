@@ -48,6 +48,8 @@ pub struct ProfiledRequest {
     pub path: String,
     pub endpoint: Option<String>,
     pub stacks: Vec<StackSamples>,
+    /// Garbage collection inside the request (from the USDT probes; 0 where the interpreter has none).
+    pub gc_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +67,8 @@ pub struct Attributor {
     clock_offset_ns: i64,
     waiting: HashMap<u32, VecDeque<Sample>>,
     off_cpu: HashMap<u32, Sample>,
+    /// `tid -> (start, length)` of garbage collections, monotonic ns.
+    gc: HashMap<u32, VecDeque<(u64, u64)>>,
     pub counters: AttributionCounters,
 }
 
@@ -74,6 +78,7 @@ impl Attributor {
             clock_offset_ns,
             waiting: HashMap::new(),
             off_cpu: HashMap::new(),
+            gc: HashMap::new(),
             counters: AttributionCounters::default(),
         }
     }
@@ -103,10 +108,26 @@ impl Attributor {
         }
     }
 
+    /// A garbage collection of `length_ns` that ended at `end_ns` on `tid`.
+    pub fn gc(&mut self, tid: u32, end_ns: u64, length_ns: u64) {
+        let q = self.gc.entry(tid).or_default();
+        if q.len() >= MAX_PER_TID {
+            q.pop_front();
+        }
+        q.push_back((end_ns.saturating_sub(length_ns), length_ns));
+    }
+
     /// Takes the samples of a finished request; `None` when it has none.
     pub fn attribute(&mut self, r: &Request) -> Option<ProfiledRequest> {
         let start = (r.ts_us as i128 * 1000 - i128::from(self.clock_offset_ns)).max(0) as u64;
         let end = start.saturating_add(r.duration_ns);
+        let mut gc_ns = 0;
+        if let Some(q) = self.gc.get_mut(&r.tid) {
+            for &(a, len) in q.iter() {
+                gc_ns += (a + len).min(end).saturating_sub(a.max(start));
+            }
+            q.retain(|&(a, len)| a + len > end);
+        }
         let q = self.waiting.get_mut(&r.tid)?;
         let mut stacks: HashMap<(Vec<FrameId>, bool), StackSamples> = HashMap::new();
         for s in q.iter() {
@@ -156,6 +177,7 @@ impl Attributor {
             path: r.path.clone(),
             endpoint: r.endpoint.clone(),
             stacks,
+            gc_ns,
         })
     }
 
@@ -170,6 +192,10 @@ impl Attributor {
             !q.is_empty()
         });
         self.counters.unattributed += dropped;
+        self.gc.retain(|_, q| {
+            q.retain(|&(a, len)| a.saturating_add(len) >= cutoff);
+            !q.is_empty()
+        });
         let before = self.off_cpu.len();
         self.off_cpu.retain(|_, s| s.ts_ns >= cutoff);
         self.counters.lost_off_cpu += (before - self.off_cpu.len()) as u64;
@@ -179,6 +205,7 @@ impl Attributor {
     pub fn forget_tids(&mut self, tids: impl IntoIterator<Item = u32>) {
         for tid in tids {
             self.waiting.remove(&tid);
+            self.gc.remove(&tid);
             self.off_cpu.remove(&tid);
         }
     }
@@ -296,5 +323,27 @@ mod tests {
             request(1, 1000 * MS, 100 * MS),
             &[(&[4, 2], true, 2, 40)],
         );
+    }
+
+    #[test]
+    fn gc_time_is_clipped_to_the_request() {
+        // (end, length) in ms of collections on thread 1, and the GC ms request 1000..1100 must get.
+        for (gcs, want) in [
+            (vec![(1010, 5), (1050, 10)], 15),
+            (vec![(1005, 10)], 5),
+            (vec![(1105, 10)], 5),
+            (vec![(990, 5), (1200, 5)], 0),
+        ] {
+            let mut a = Attributor::new(OFFSET);
+            a.push(cpu(1, 1050 * MS, &[1]));
+            for (end, len) in gcs {
+                a.gc(1, end * MS, len * MS);
+            }
+            a.gc(2, 1050 * MS, 7 * MS);
+            let p = a
+                .attribute(&request(1, 1000 * MS, 100 * MS))
+                .expect("profile");
+            assert_eq!(p.gc_ns / MS, want);
+        }
     }
 }

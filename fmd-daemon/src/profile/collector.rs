@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
+    os::fd::OwnedFd,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -12,6 +13,7 @@ use std::{
 
 use fmd_common::{
     http::EventHeader,
+    names,
     profile::{PyLayout, RawFrame, FLAG_OFF_CPU, FLAG_TRUNCATED, RAW_FRAME_SIZE},
 };
 
@@ -20,7 +22,7 @@ use super::{
     ProfileMode,
 };
 use crate::{
-    capture::{self, sampler::SamplerTables, Capture},
+    capture::{self, sampler::SamplerTables, usdt, Capture},
     python::{
         self,
         stack::{py_layout, python_frames},
@@ -58,6 +60,8 @@ pub enum Error {
 }
 
 struct Proc {
+    /// Whether the interpreter has the GC probes (and they are attached).
+    gc: bool,
     interp: Interpreter,
     layout: PyLayout,
     symbols: Symbolizer,
@@ -117,6 +121,10 @@ pub struct Collector {
     frame_ids: HashMap<Location, FrameId>,
     sources: Sources,
     attributor: Attributor,
+    /// Interpreter binaries (real paths) tried for GC probes: attached or not.
+    gc_binaries: HashMap<PathBuf, bool>,
+    /// Keep the GC probes attached.
+    gc_links: Vec<OwnedFd>,
     pub counters: CollectorCounters,
 }
 
@@ -132,6 +140,8 @@ impl Collector {
             frame_ids: HashMap::new(),
             sources: Sources::default(),
             attributor: Attributor::new(clock_offset_ns),
+            gc_binaries: HashMap::new(),
+            gc_links: Vec::new(),
             counters: CollectorCounters::default(),
         }
     }
@@ -151,7 +161,9 @@ impl Collector {
             .set_py_layout(pid, layout)
             .map_err(|source| Error::Capture { pid, source })?;
         tracing::info!(pid, version = %interp.version, "profiling worker");
+        let gc = self.attach_gc(capture, pid, &interp);
         let mut proc = Proc {
+            gc,
             interp,
             layout,
             symbols: Symbolizer::new(),
@@ -161,6 +173,59 @@ impl Collector {
         refresh_threads(capture, &mut self.tables, pid, &mut proc)?;
         self.procs.insert(pid, proc);
         Ok(())
+    }
+
+    /// Attaches the GC probes of `interp`'s binary once per binary; false when it has none.
+    fn attach_gc(&mut self, capture: &mut Capture, pid: u32, interp: &Interpreter) -> bool {
+        let seen = PathBuf::from(format!("/proc/{pid}/root{}", interp.binary.path.display()));
+        let real = fs::canonicalize(&seen).unwrap_or(seen);
+        if let Some(&attached) = self.gc_binaries.get(&real) {
+            return attached;
+        }
+        let attached = match usdt::probes(&real) {
+            Ok(probes) => {
+                let find = |name: &str| {
+                    probes
+                        .iter()
+                        .find(|p| p.provider == "python" && p.name == name)
+                };
+                match (find("gc__start"), find("gc__done")) {
+                    (Some(start), Some(done)) => {
+                        let links = capture
+                            .attach_usdt(names::GC_START_PROGRAM, &real, start)
+                            .and_then(|a| {
+                                Ok((a, capture.attach_usdt(names::GC_DONE_PROGRAM, &real, done)?))
+                            });
+                        match links {
+                            Ok((a, b)) => {
+                                self.gc_links.extend([a, b]);
+                                tracing::info!(binary = %real.display(), "GC time per request from the USDT probes");
+                                true
+                            }
+                            Err(e) => {
+                                tracing::warn!(binary = %real.display(), error = %e, "cannot attach the GC probes");
+                                false
+                            }
+                        }
+                    }
+                    _ => {
+                        tracing::info!(binary = %real.display(), "no GC probes in this interpreter: GC time unavailable");
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look for USDT probes");
+                false
+            }
+        };
+        self.gc_binaries.insert(real, attached);
+        attached
+    }
+
+    /// A `GC` record.
+    pub fn on_gc(&mut self, h: &EventHeader) {
+        self.attributor.gc(h.tid, h.ts_ns, h.len);
     }
 
     pub fn remove_worker(&mut self, capture: &mut Capture, pid: u32) {
@@ -274,6 +339,11 @@ impl Collector {
             let Some(p) = self.attributor.attribute(r) else {
                 continue;
             };
+            let gc_ns = self
+                .procs
+                .get(&r.worker_pid)
+                .is_some_and(|p| p.gc)
+                .then_some(p.gc_ns);
             self.counters.profiled_requests += 1;
             let frames = &self.frames;
             let resolve = |id: &FrameId| {
@@ -295,6 +365,7 @@ impl Collector {
                 duration_ns: p.duration_ns,
                 path: p.path,
                 endpoint: p.endpoint,
+                gc_ns,
                 stacks: p
                     .stacks
                     .into_iter()

@@ -43,7 +43,9 @@ pub const MIGRATION: &str = "
         path         VARCHAR NOT NULL,
         endpoint     VARCHAR,
         samples      UINTEGER NOT NULL,
-        truncated    BOOLEAN NOT NULL
+        truncated    BOOLEAN NOT NULL,
+        -- Garbage collection inside the request; NULL where the interpreter has no GC probes.
+        gc_ns        UBIGINT
     );
     CREATE INDEX profiled_requests_key ON profiled_requests (worker_pid, tid, ts);
     CREATE TABLE profile_samples (
@@ -89,6 +91,8 @@ pub struct ProfileRecord {
     pub path: String,
     pub endpoint: Option<String>,
     pub stacks: Vec<ProfileStack>,
+    /// `None` where the interpreter has no GC probes.
+    pub gc_ns: Option<u64>,
 }
 
 /// Ids already given to frames and stacks, so each is stored once.
@@ -179,6 +183,7 @@ pub fn append_profiles(
                 p.endpoint,
                 u32::try_from(total).unwrap_or(u32::MAX),
                 p.stacks.iter().any(|s| s.truncated),
+                p.gc_ns,
             ])?;
             for s in &p.stacks {
                 let mut ids = Vec::with_capacity(s.frames.len());
@@ -321,6 +326,8 @@ pub struct RequestProfile {
     pub samples: u64,
     /// Some stack was deeper than the sampler reads (its outermost frames are missing).
     pub truncated: bool,
+    /// Garbage collection inside the request; `None`: unavailable (the interpreter has no GC probes).
+    pub gc_ms: Option<f64>,
     pub frames: Vec<FrameInfo>,
     /// In pre-order, with depth and parent index.
     pub tree: Vec<TreeNode>,
@@ -342,6 +349,8 @@ pub struct GroupedProfile {
     pub request_ids: Vec<Option<i64>>,
     pub truncated_requests: usize,
     pub total_ms: f64,
+    /// Garbage collection in these requests; `None`: unavailable (no GC probes in the interpreter).
+    pub gc_ms: Option<f64>,
     pub frames: Vec<FrameInfo>,
     /// In pre-order, with depth and parent index.
     pub tree: Vec<TreeNode>,
@@ -356,7 +365,7 @@ pub fn request_profile(
     request_id: i64,
 ) -> Result<Option<RequestProfile>, Error> {
     let found = conn.query_row(
-        "SELECT p.id, p.duration_ns, p.truncated FROM requests r JOIN profiled_requests p
+        "SELECT p.id, p.duration_ns, p.truncated, p.gc_ns FROM requests r JOIN profiled_requests p
            ON p.worker_pid = r.worker_pid AND p.tid = r.tid AND p.ts = r.ts WHERE r.id = ?",
         params![request_id],
         |r| {
@@ -364,10 +373,11 @@ pub fn request_profile(
                 r.get::<_, i64>(0)?,
                 r.get::<_, u64>(1)?,
                 r.get::<_, bool>(2)?,
+                r.get::<_, Option<u64>>(3)?,
             ))
         },
     );
-    let (profile_id, duration_ns, truncated) = match found {
+    let (profile_id, duration_ns, truncated, gc_ns) = match found {
         Ok(v) => v,
         Err(duckdb::Error::QueryReturnedNoRows) => return Ok(None),
         Err(source) => {
@@ -384,6 +394,7 @@ pub fn request_profile(
         duration_ms: duration_ns as f64 / 1e6,
         samples: stacks.iter().map(|s| s.samples).sum(),
         truncated,
+        gc_ms: gc_ns.map(|ns| ns as f64 / 1e6),
         frames,
         tree: tree::request_tree(&stacks, duration_ns),
     }))
@@ -400,7 +411,7 @@ pub fn grouped_profile(
         ProfileKey::Path(p) => ("p.path = ?", p),
     };
     let query = format!(
-        "SELECT p.id, p.duration_ns, p.truncated, r.id FROM profiled_requests p LEFT JOIN requests r
+        "SELECT p.id, p.duration_ns, p.truncated, r.id, p.gc_ns FROM profiled_requests p LEFT JOIN requests r
            ON p.worker_pid = r.worker_pid AND p.tid = r.tid AND p.ts = r.ts
          WHERE {filter} ORDER BY p.ts DESC LIMIT ?"
     );
@@ -414,6 +425,7 @@ pub fn grouped_profile(
                 r.get::<_, u64>(1)?,
                 r.get::<_, bool>(2)?,
                 r.get::<_, Option<i64>>(3)?,
+                r.get::<_, Option<u64>>(4)?,
             ))
         })
         .map_err(sql("select profiled requests"))?
@@ -439,6 +451,11 @@ pub fn grouped_profile(
         request_ids: rows.iter().map(|r| r.3).collect(),
         truncated_requests: rows.iter().filter(|r| r.2).count(),
         total_ms: merged.total_ms,
+        gc_ms: rows
+            .iter()
+            .filter_map(|r| r.4)
+            .reduce(|a, b| a + b)
+            .map(|ns| ns as f64 / 1e6),
         frames,
         tree: merged.tree,
         lines: merged.lines,
@@ -545,6 +562,7 @@ mod tests {
             duration_ns: r.duration_ns,
             path: r.path.clone(),
             endpoint: None,
+            gc_ns: None,
             stacks: stacks
                 .iter()
                 .map(|(frames, ms)| ProfileStack {
