@@ -219,6 +219,9 @@ impl Pipeline {
     }
 
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        if let Some(p) = &mut self.profiling {
+            p.collector.begin_batch();
+        }
         while let Some(record) = ring.next() {
             self.events += 1;
             let Some((header, payload)) = EventHeader::parse(&record) else {

@@ -67,3 +67,9 @@ def collect():
     junk = [[i] for i in range(200000)]
     gc.collect()  # gc-collect
     return str(len(junk))
+
+
+@app.route("/fixed")
+def fixed():
+    # A fixed amount of pure-Python work (about 5 ms), for throughput benchmarks with and without sampling.
+    return str(sum(i * i for i in range(40000)))

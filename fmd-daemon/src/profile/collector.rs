@@ -261,6 +261,13 @@ impl Collector {
         }
     }
 
+    /// A ring-buffer drain starts (see [`Symbolizer::begin_batch`]).
+    pub fn begin_batch(&mut self) {
+        for p in self.procs.values_mut() {
+            p.symbols.begin_batch();
+        }
+    }
+
     /// A `SAMPLE` record.
     pub fn on_sample(&mut self, h: &EventHeader, payload: &[u8]) {
         self.counters.samples += 1;

@@ -37,6 +37,8 @@ impl Location {
 /// A code object as read once: enough to validate the address later and to map offsets to lines.
 #[derive(Clone, Debug)]
 struct Code {
+    /// The [`Symbolizer::begin_batch`] epoch in which the object was last checked.
+    checked: u64,
     name_ptr: u64,
     first_line: i32,
     function: String,
@@ -57,10 +59,18 @@ pub struct SymbolCounters {
 #[derive(Debug, Default)]
 pub struct Symbolizer {
     cache: HashMap<u64, Code>,
+    epoch: u64,
     pub counters: SymbolCounters,
 }
 
 impl Symbolizer {
+    /// Starts a batch of samples (one ring-buffer drain): each cached code object is re-checked once per
+    /// batch, not once per frame. The samples of a batch were taken moments before, so checking once is as
+    /// sound as checking at every frame, and it saves most of the reads.
+    pub fn begin_batch(&mut self) {
+        self.epoch += 1;
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -87,8 +97,13 @@ impl Symbolizer {
         instr: u64,
     ) -> Result<Location, Error> {
         let l = reader.layout;
-        let cached = match self.cache.get(&code) {
-            Some(c) if still_valid(reader, code, c) => true,
+        let epoch = self.epoch;
+        let cached = match self.cache.get_mut(&code) {
+            Some(c) if c.checked == epoch => true,
+            Some(c) if still_valid(reader, code, c) => {
+                c.checked = epoch;
+                true
+            }
             Some(_) => {
                 self.counters.stale += 1;
                 self.cache.remove(&code);
@@ -97,7 +112,8 @@ impl Symbolizer {
             None => false,
         };
         if !cached {
-            let c = read_code(reader, code)?;
+            let mut c = read_code(reader, code)?;
+            c.checked = epoch;
             if self.cache.len() >= MAX_CACHED {
                 self.cache.clear();
             }
@@ -167,6 +183,7 @@ fn read_code<M: Memory>(reader: &Reader<'_, M>, code: u64) -> Result<Code, Error
         });
     }
     Ok(Code {
+        checked: 0,
         name_ptr,
         first_line,
         function,
@@ -177,14 +194,20 @@ fn read_code<M: Memory>(reader: &Reader<'_, M>, code: u64) -> Result<Code, Error
 
 /// The cached object still sits at `code`: same type, name object and first line.
 fn still_valid<M: Memory>(reader: &Reader<'_, M>, code: u64, c: &Code) -> bool {
+    // One read of the object's head covers its type, name pointer and first line.
     let l = reader.layout;
-    is_code(reader, code).unwrap_or(false)
-        && reader.mem.read_ptr(code.wrapping_add(l.code_name)).ok() == Some(c.name_ptr)
-        && reader
-            .mem
-            .read_i32(code.wrapping_add(l.code_firstlineno))
-            .ok()
-            == Some(c.first_line)
+    let end = l.ob_type.max(l.code_name).max(l.code_firstlineno) + 8;
+    let Ok(head) = reader.mem.read_bytes(code, end, end) else {
+        return false;
+    };
+    let word = |off: u64| -> Option<u64> {
+        let off = usize::try_from(off).ok()?;
+        head.get(off..off + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+    };
+    let code_type = reader.types.get("PyCode_Type");
+    word(l.ob_type).is_some_and(|t| code_type.is_none_or(|ct| ct == t))
+        && word(l.code_name) == Some(c.name_ptr)
+        && word(l.code_firstlineno).map(|v| v as u32 as i32) == Some(c.first_line)
 }
 
 #[cfg(test)]

@@ -12,6 +12,27 @@ use crate::python::{
 
 const SCRIPT: &str = include_str!("../testdata/stacks.py");
 
+/// `inner` with the 8 bytes at `at` replaced by `value`.
+struct Patched<'a, M> {
+    inner: &'a M,
+    at: u64,
+    value: u64,
+}
+
+impl<M: crate::python::Memory> crate::python::Memory for Patched<'_, M> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), crate::python::Error> {
+        self.inner.read(addr, buf)?;
+        let bytes = self.value.to_le_bytes();
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = addr + i as u64;
+            if a >= self.at && a < self.at + 8 {
+                *b = bytes[(a - self.at) as usize];
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The innermost frames of the thread named `thread` must be `expect` (function, marker of the line).
 fn check(
     label: &str,
@@ -50,13 +71,22 @@ fn check(
         );
     }
     assert_eq!(sym.counters.unknown, 0, "{label} {thread}");
-    // The same again comes from the validated cache.
-    let again: Vec<Location> = frames
-        .iter()
-        .map(|f| sym.locate(&reader, f.code, f.instr))
-        .collect();
+    // The same again, in a new batch: every cached object is re-checked and still valid.
+    sym.begin_batch();
+    let again: Vec<Location> = frames.iter().map(|f| sym.locate(&reader, f.code, f.instr)).collect();
     assert_eq!(again, got);
     assert_eq!(sym.counters.stale, 0);
+    // A code object whose name pointer changed (freed, its address reused) is never shown from the cache.
+    let first = frames.first().expect("a frame");
+    let patched = Patched { inner: &interp.mem, at: first.code + interp.layout.code_name, value: 0x10 };
+    let reader = crate::python::Reader::new(&patched, &interp.layout, &interp.types);
+    sym.begin_batch();
+    let relabelled = sym.locate(&reader, first.code, first.instr);
+    assert_eq!(sym.counters.stale, 1, "{label}");
+    if interp.layout.code_qualname.is_none() {
+        // Before 3.11 the name is read through that pointer: now garbage, so unknown rather than wrong.
+        assert_eq!(relabelled, Location::unknown(), "{label}");
+    }
 }
 
 #[test]
