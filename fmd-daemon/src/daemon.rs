@@ -197,6 +197,8 @@ impl Pipeline {
                     }
                 }
                 _ = tick.tick() => {
+                    // Samples do not wake the loop (see fmd-ebpf/src/sampler.rs): collect them here too.
+                    self.drain(ring.get_mut());
                     self.assembler.expire(monotonic_ns(), &mut self.batch);
                     if let Some(p) = &mut self.profiling {
                         p.collector.refresh(&mut self.capture);

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{PerfEventContext, TracePointContext},
 };
 use fmd_common::{
-    http::{kind, EVENT_HEADER_SIZE},
+    http::{kind, EventHeader, EVENT_HEADER_SIZE},
     profile::{
         OffCpu, PyLayout, RawFrame, SampleEvent, SamplerConfig, FLAG_OFF_CPU, FLAG_TRUNCATED,
         MAX_FRAMES, NO_FIELD, RAW_FRAME_SIZE,
@@ -20,9 +20,23 @@ use fmd_common::{
 };
 
 use crate::{
-    http::{header, send_header},
+    http::header,
     maps::{count, role, FMD_EVENTS},
 };
+
+/// `BPF_RB_NO_WAKEUP`: samples never wake the daemon. They wait in the ring buffer for the next HTTP
+/// record (which comes after them, so a request's samples are always read before its end) or the daemon's
+/// timer; a wake-up per sample cost the daemon more than the sample itself.
+const NO_WAKEUP: u64 = 1;
+
+/// Sends a header-only record without waking the daemon.
+#[inline(always)]
+pub(crate) fn send_quiet(h: &EventHeader) {
+    match FMD_EVENTS.output::<EventHeader>(h, NO_WAKEUP) {
+        Ok(()) => count(stats::SAMPLES_SENT),
+        Err(_) => count(stats::SAMPLE_DROPS),
+    }
+}
 
 /// Scratch slots: one per program, so the two never share a half-built record on one CPU.
 const SLOT_CPU: u32 = 0;
@@ -80,7 +94,7 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), ()> {
                 0,
             );
             h.len = h.ts_ns.saturating_sub(off.since_ns);
-            send_header(&h);
+            send_quiet(&h);
         }
     }
     let id = bpf_get_current_pid_tgid();
@@ -169,7 +183,7 @@ fn try_sample(id: u64, flags: i32, slot: u32) -> Result<u64, ()> {
     // SAFETY: `size` is at most `size_of::<SampleEvent>()`, checked just above.
     let bytes =
         unsafe { core::slice::from_raw_parts(event as *const SampleEvent as *const u8, size) };
-    match FMD_EVENTS.output::<[u8]>(bytes, 0) {
+    match FMD_EVENTS.output::<[u8]>(bytes, NO_WAKEUP) {
         Ok(()) => count(stats::SAMPLES_SENT),
         Err(_) => {
             count(stats::SAMPLE_DROPS);

@@ -10,10 +10,7 @@ use aya_ebpf::{
 };
 use fmd_common::{http::kind, ROLE_WORKER};
 
-use crate::{
-    http::{header, send_header},
-    maps::role,
-};
+use crate::{http::header, maps::role, sampler::send_quiet};
 
 /// `tid -> start of the collection in progress`.
 #[map]
@@ -42,6 +39,6 @@ pub fn fmd_gc_done(_ctx: ProbeContext) -> u32 {
     let _ = FMD_GC_START.remove(&tid);
     let mut h = header(kind::GC, id, -1, 0, 0, 0);
     h.len = h.ts_ns.saturating_sub(start);
-    send_header(&h);
+    send_quiet(&h);
     0
 }

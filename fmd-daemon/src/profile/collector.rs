@@ -65,9 +65,16 @@ struct Proc {
     interp: Interpreter,
     layout: PyLayout,
     symbols: Symbolizer,
+    /// `(code, instr) -> (batch, frame)`: frames resolved in the current batch need no lookup at all (the
+    /// code object was checked in this batch; see `Symbolizer::begin_batch`).
+    resolved: HashMap<(u64, u64), (u64, FrameId)>,
+    batch: u64,
     tids: HashSet<u32>,
     refreshed: Instant,
 }
+
+/// Entries of `Proc::resolved` before it is cleared.
+const MAX_RESOLVED: usize = 200_000;
 
 /// Source lines of files, by path, re-read when the file's modification time changes.
 #[derive(Default)]
@@ -167,6 +174,8 @@ impl Collector {
             interp,
             layout,
             symbols: Symbolizer::new(),
+            resolved: HashMap::new(),
+            batch: 0,
             tids: HashSet::new(),
             refreshed: Instant::now(),
         };
@@ -265,6 +274,7 @@ impl Collector {
     pub fn begin_batch(&mut self) {
         for p in self.procs.values_mut() {
             p.symbols.begin_batch();
+            p.batch += 1;
         }
     }
 
@@ -292,6 +302,12 @@ impl Collector {
         let reader = proc.interp.reader();
         let mut stack = Vec::with_capacity(raw.len());
         for f in python_frames(&proc.layout, &raw) {
+            if let Some(&(batch, id)) = proc.resolved.get(&(f.code, f.instr)) {
+                if batch == proc.batch {
+                    stack.push(id);
+                    continue;
+                }
+            }
             let before = proc.symbols.counters.unknown;
             let location = proc.symbols.locate(&reader, f.code, f.instr);
             self.counters.frames_unknown += proc.symbols.counters.unknown - before;
@@ -311,6 +327,10 @@ impl Collector {
                     id
                 }
             };
+            if proc.resolved.len() >= MAX_RESOLVED {
+                proc.resolved.clear();
+            }
+            proc.resolved.insert((f.code, f.instr), (proc.batch, id));
             stack.push(id);
         }
         let sample = Sample {
