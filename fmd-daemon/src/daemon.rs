@@ -254,7 +254,7 @@ impl Pipeline {
                             p.collector.note_thread(&mut self.capture, header.tgid, header.tid);
                         }
                     }
-                    self.assembler.push(&header, payload, &mut self.batch)
+                    self.assembler.push(&header, payload, &mut self.batch);
                 }
             }
         }

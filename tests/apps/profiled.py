@@ -53,7 +53,7 @@ def work():
 
 def recurse(n):
     if n == 0:
-        return spin(20)  # deep-bottom
+        return spin(100)  # deep-bottom
     return recurse(n - 1)  # deep-call
 
 

@@ -295,7 +295,7 @@ fn write_loop(conn: &Connection, mut dedup: Dedup, rx: &Receiver<Vec<ProfileReco
         match append_profiles(conn, &mut dedup, &batch) {
             Ok(()) => since_prune += batch.len(),
             Err(e) => {
-                tracing::warn!(error = %e, profiles = batch.len(), "cannot store request profiles")
+                tracing::warn!(error = %e, profiles = batch.len(), "cannot store request profiles");
             }
         }
         if since_prune >= 1000 {
