@@ -80,9 +80,9 @@ pub mod stats {
     pub const EVENTS_SENT: u32 = 2;
     /// Data records whose payload was cut to [`crate::http::MAX_DATA`] bytes (normal for large bodies).
     pub const DATA_TRUNCATED: u32 = 3;
-    /// Python stack samples written to the ring buffer (CPU and off-CPU).
+    /// Sampler records written to the ring buffer: stacks (CPU and off-CPU), wake-ups and GC pauses.
     pub const SAMPLES_SENT: u32 = 4;
-    /// Samples the ring buffer had no room for.
+    /// Sampler records the ring buffer had no room for.
     pub const SAMPLE_DROPS: u32 = 5;
     /// Samples cut at [`crate::profile::MAX_FRAMES`] frames.
     pub const SAMPLES_TRUNCATED: u32 = 6;
