@@ -24,6 +24,12 @@ pub mod kind {
     pub const FORK: u32 = 6;
     /// A watched process exited (its main thread did).
     pub const EXIT: u32 = 7;
+    /// A Python stack sample (`crate::profile`): `fd` = flags, `len` = weight in ns, payload = `RawFrame`s.
+    pub const SAMPLE: u32 = 8;
+    /// A thread whose off-CPU stack was sent runs again: `len` = how long it was off CPU, in ns.
+    pub const WAKE: u32 = 9;
+    /// A garbage collection ran on this thread (USDT `gc__start`/`gc__done`): `len` = its length in ns.
+    pub const GC: u32 = 10;
 }
 
 /// Fixed head of every ring-buffer record; `copied` payload bytes follow it.

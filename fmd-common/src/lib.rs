@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod http;
+pub mod profile;
 
 #[cfg(feature = "user")]
 mod user;
@@ -19,6 +20,19 @@ pub mod names {
     pub const CONNS: &str = "FMD_CONNS";
     /// One-element array holding the [`crate::BpfConfig`].
     pub const CONFIG: &str = "FMD_CONFIG";
+    /// `tid -> PyThreadState address` of watched workers' Python threads, kept by the daemon.
+    pub const TSTATES: &str = "FMD_TSTATES";
+    /// `tgid -> profile::PyLayout`.
+    pub const PYLAYOUTS: &str = "FMD_PYLAYOUTS";
+    /// One-element array holding the [`crate::profile::SamplerConfig`].
+    pub const SAMPLER_CONFIG: &str = "FMD_SAMPLER_CONFIG";
+    /// The perf-event (CPU clock) program walking the sampled thread's Python stack.
+    pub const SAMPLE_PROGRAM: &str = "fmd_sample";
+    /// The `sched/sched_switch` program taking off-CPU stacks (wall-clock mode).
+    pub const SWITCH_PROGRAM: &str = "fmd_sched_switch";
+    /// Uprobes on CPython's USDT probes `python:gc__start` and `python:gc__done` (where built in).
+    pub const GC_START_PROGRAM: &str = "fmd_gc_start";
+    pub const GC_DONE_PROGRAM: &str = "fmd_gc_done";
 
     /// Every syscall tracepoint program, `(program name, tracepoint category, tracepoint name)`.
     pub const SYSCALL_PROGRAMS: &[(&str, &str, &str)] = &[
@@ -66,7 +80,13 @@ pub mod stats {
     pub const EVENTS_SENT: u32 = 2;
     /// Data records whose payload was cut to [`crate::http::MAX_DATA`] bytes (normal for large bodies).
     pub const DATA_TRUNCATED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Sampler records written to the ring buffer: stacks (CPU and off-CPU), wake-ups and GC pauses.
+    pub const SAMPLES_SENT: u32 = 4;
+    /// Sampler records the ring buffer had no room for.
+    pub const SAMPLE_DROPS: u32 = 5;
+    /// Samples cut at [`crate::profile::MAX_FRAMES`] frames.
+    pub const SAMPLES_TRUNCATED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Settings the daemon writes into the [`names::CONFIG`] array before attaching anything.

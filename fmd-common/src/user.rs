@@ -2,6 +2,7 @@
 
 use crate::{
     http::{Conn, ConnKey, EventHeader},
+    profile::{OffCpu, PyLayout, SamplerConfig},
     BpfConfig,
 };
 
@@ -10,6 +11,9 @@ unsafe impl aya::Pod for EventHeader {}
 unsafe impl aya::Pod for Conn {}
 unsafe impl aya::Pod for ConnKey {}
 unsafe impl aya::Pod for BpfConfig {}
+unsafe impl aya::Pod for PyLayout {}
+unsafe impl aya::Pod for SamplerConfig {}
+unsafe impl aya::Pod for OffCpu {}
 
 impl EventHeader {
     /// Splits a ring-buffer record into its header and payload; `None` when it is shorter than it claims.

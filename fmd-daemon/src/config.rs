@@ -38,6 +38,7 @@ pub struct Config {
     /// Address of the HTTP API, dashboard and metrics.
     pub listen: SocketAddr,
     pub capture: CaptureConfig,
+    pub profiler: ProfilerConfig,
 }
 
 impl Default for Config {
@@ -48,6 +49,7 @@ impl Default for Config {
             // Loopback only: the API shows request details and must not be exposed by accident.
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             capture: CaptureConfig::default(),
+            profiler: ProfilerConfig::default(),
         }
     }
 }
@@ -76,6 +78,26 @@ impl Default for CaptureConfig {
     }
 }
 
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilerConfig {
+    /// Python stack samples per second of CPU time per thread (0 turns the profiler off).
+    pub sample_hz: u64,
+    /// `wall` (on-CPU samples plus off-CPU waits) or `cpu` (on-CPU only).
+    pub mode: crate::profile::ProfileMode,
+}
+
+impl Default for ProfilerConfig {
+    fn default() -> Self {
+        Self {
+            // py-spy's rate: a 100 ms request gets about 10 CPU samples, at well under 1% CPU.
+            sample_hz: 100,
+            // Like FMD's own sampler, which sees waiting threads too.
+            mode: crate::profile::ProfileMode::Wall,
+        }
+    }
+}
+
 impl Config {
     /// Reads `path`; a missing *default* file means defaults, a missing explicit one is an error.
     pub fn load(path: Option<&Path>) -> Result<Self, Error> {
@@ -97,6 +119,9 @@ impl Config {
         }
         if self.capture.idle_timeout_secs == 0 {
             return Err(Error::Invalid { key: "capture.idle_timeout_secs", reason: "must be at least 1".into() });
+        }
+        if self.profiler.sample_hz > 10_000 {
+            return Err(Error::Invalid { key: "profiler.sample_hz", reason: "must be at most 10000".into() });
         }
         if self.db.as_os_str().is_empty() {
             return Err(Error::Invalid { key: "db", reason: "must be a file path".into() });

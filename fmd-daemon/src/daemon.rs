@@ -29,8 +29,9 @@ use crate::{
         attribution::Attributor,
         matcher::MapOptions,
     },
+    profile::Collector,
     request::Request,
-    store::{self, names, DaemonFile, RunInfo, Store, WriterHandle},
+    store::{self, names, profiles::ProfileSink, DaemonFile, RunInfo, Store, WriterHandle},
 };
 
 /// How often the ring buffer is drained: BPF wakes the daemon only when the buffer fills (see
@@ -67,6 +68,11 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         }
     }
     // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd drops it.
+    let clock_offset = clock_offset_ns();
+    let (profiling, profile_writer) = match start_profiling(&config, &mut capture, &target, &store, clock_offset) {
+        Some((p, thread)) => (Some(p), Some(thread)),
+        None => (None, None),
+    };
     let ring = unsafe { AsyncFd::register_with_interest(capture.take_events()?, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("cannot poll the BPF ring buffer")?;
@@ -100,7 +106,8 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let (routes_tx, routes_rx) = mpsc::unbounded_channel();
     let mut pipeline = Pipeline {
         capture,
-        assembler: Assembler::new(limits, clock_offset_ns()),
+        assembler: Assembler::new(limits, clock_offset),
+        profiling,
         attributor: Attributor::default(),
         routes_tx,
         routes_asked: std::collections::HashSet::new(),
@@ -125,6 +132,10 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     pipeline.hand_over().await;
     pipeline.store_counters().await;
     drop(pipeline);
+    // The pipeline held the profile sink: the profile writer now stores what is queued and stops.
+    if let Some(thread) = profile_writer {
+        let _ = thread.join();
+    }
     let report = writer.stop().await;
     let _ = stop_api.send(());
     let _ = server.await;
@@ -148,6 +159,49 @@ fn watch_target(capture: &mut Capture, target: &Target) -> Result<(), capture::E
     Ok(())
 }
 
+/// Attaches the stack sampler and reads each worker's interpreter. A failure costs the profiles only:
+/// requests are still captured.
+fn start_profiling(
+    config: &Config,
+    capture: &mut Capture,
+    target: &Target,
+    store: &Store,
+    clock_offset: i64,
+) -> Option<(Profiling, std::thread::JoinHandle<()>)> {
+    let p = &config.profiler;
+    if p.sample_hz == 0 {
+        info!("profiler off (sample_hz = 0)");
+        return None;
+    }
+    let (sink, thread) = match store.reader().and_then(store::profiles::spawn_profile_writer) {
+        Ok(started) => started,
+        Err(e) => {
+            warn!(error = %e, "cannot start the profile writer: profiling off");
+            return None;
+        }
+    };
+    if let Err(e) = capture.start_sampler(p.sample_hz, p.mode) {
+        warn!(error = %e, "cannot attach the stack sampler: profiling off");
+        return None;
+    }
+    let mut collector = Collector::new(p.sample_hz, p.mode, clock_offset);
+    let workers = match target {
+        Target::Master { workers, .. } => workers.clone(),
+        Target::Worker { pid } => vec![*pid],
+    };
+    for pid in workers {
+        if let Err(e) = collector.add_worker(capture, pid) {
+            warn!(pid, error = %e, "cannot profile this worker");
+        }
+    }
+    Some((Profiling { collector, sink }, thread))
+}
+
+struct Profiling {
+    collector: Collector,
+    sink: ProfileSink,
+}
+
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC`: turns BPF's monotonic timestamps into wall-clock time.
 fn clock_offset_ns() -> i64 {
     fn now(clock: libc::clockid_t) -> i64 {
@@ -166,6 +220,7 @@ struct Pipeline {
     capture: Capture,
     assembler: Assembler,
     attributor: Attributor,
+    profiling: Option<Profiling>,
     routes_tx: mpsc::UnboundedSender<RouteResult>,
     /// Workers whose route table was asked for, and how many reads are still under way.
     routes_asked: std::collections::HashSet<u32>,
@@ -218,6 +273,10 @@ impl Pipeline {
                     self.assembler.expire(monotonic_ns(), &mut self.assembled);
                     self.attribute();
                     self.attributor.expire(Instant::now(), &mut self.batch);
+                    if let Some(p) = &mut self.profiling {
+                        p.collector.refresh(&mut self.capture);
+                        p.collector.expire(monotonic_ns());
+                    }
                     self.hand_over().await;
                     self.store_counters().await;
                 }
@@ -314,6 +373,9 @@ impl Pipeline {
     }
 
     fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        if let Some(p) = &mut self.profiling {
+            p.collector.begin_batch();
+        }
         while let Some(record) = ring.next() {
             self.events += 1;
             let Some((header, payload)) = EventHeader::parse(&record) else {
@@ -323,9 +385,29 @@ impl Pipeline {
             match header.kind {
                 kind::FORK => self.on_fork(header.len as u32),
                 kind::EXIT => self.on_exit(header.tgid, &header, payload),
+                kind::SAMPLE => {
+                    if let Some(p) = &mut self.profiling {
+                        p.collector.on_sample(&header, payload);
+                    }
+                }
+                kind::WAKE => {
+                    if let Some(p) = &mut self.profiling {
+                        p.collector.on_wake(&header);
+                    }
+                }
+                kind::GC => {
+                    if let Some(p) = &mut self.profiling {
+                        p.collector.on_gc(&header);
+                    }
+                }
                 kind::ACCEPT | kind::READ => {
                     if self.routes_asked.insert(header.tgid) {
                         self.read_routes(header.tgid);
+                    }
+                    if header.kind == kind::READ {
+                        if let Some(p) = &mut self.profiling {
+                            p.collector.note_thread(&mut self.capture, header.tgid, header.tid);
+                        }
                     }
                     self.assembler.push(&header, payload, &mut self.assembled);
                 }
@@ -337,7 +419,14 @@ impl Pipeline {
     /// BPF already watches the child (so its first request is caught); drop it again if it is a thread.
     fn on_fork(&mut self, child: u32) {
         match procs::inspect(child) {
-            Ok(info) if info.tgid == child => info!(pid = child, "new worker"),
+            Ok(info) if info.tgid == child => {
+                info!(pid = child, "new worker");
+                if let Some(p) = &mut self.profiling {
+                    if let Err(e) = p.collector.add_worker(&mut self.capture, child) {
+                        warn!(pid = child, error = %e, "cannot profile this worker");
+                    }
+                }
+            }
             Ok(_) => {
                 debug!(tid = child, "the master started a thread, not a worker");
                 let _ = self.capture.unwatch(child);
@@ -357,6 +446,9 @@ impl Pipeline {
             Ok(_) => {}
             Err(e) => warn!(pid, error = %e, "cannot clean the connection table"),
         }
+        if let Some(p) = &mut self.profiling {
+            p.collector.remove_worker(&mut self.capture, pid);
+        }
         if pid == self.target {
             self.target_gone = true;
         } else {
@@ -369,6 +461,14 @@ impl Pipeline {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        if let Some(p) = &mut self.profiling {
+            let profiles = p.collector.take_profiles(&batch);
+            if !profiles.is_empty() {
+                if let Err(e) = p.sink.send(profiles) {
+                    warn!(error = %e, "request profiles are lost");
+                }
+            }
+        }
         if let Err(e) = self.writer.insert(batch).await {
             warn!(error = %e, "the store writer is gone; requests are lost");
         }
@@ -413,6 +513,17 @@ impl Pipeline {
                 }
             }
             Err(e) => warn!(error = %e, "cannot read the BPF counters"),
+        }
+        if let Some(p) = &self.profiling {
+            values.extend(p.collector.counter_values());
+            match self.capture.sampler_counters() {
+                Ok(c) => values.extend([
+                    ("profile_samples_sent", c.samples_sent),
+                    ("profile_samples_lost", c.sample_drops),
+                    ("profile_samples_truncated", c.samples_truncated),
+                ]),
+                Err(e) => warn!(error = %e, "cannot read the sampler counters"),
+            }
         }
         let values = values.into_iter().map(|(k, v)| (k.to_owned(), i64::try_from(v).unwrap_or(i64::MAX))).collect();
         if let Err(e) = self.writer.set_counters(values).await {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod flask;
+pub mod profile;
 pub mod python;
 pub mod request;
 pub mod store;

@@ -40,6 +40,12 @@ struct RunArgs {
     /// Address of the dashboard, JSON API and metrics [default: 127.0.0.1:9876].
     #[arg(long, env = "FMD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Python stack samples per second per busy thread; 0 turns the profiler off [default: 100].
+    #[arg(long, env = "FMD_SAMPLE_HZ")]
+    sample_hz: Option<u64>,
+    /// Profile wall-clock time (with sleeps and waits) or on-CPU time only [default: wall].
+    #[arg(long, value_enum, env = "FMD_PROFILE_MODE")]
+    profile_mode: Option<fmd_daemon::profile::ProfileMode>,
     /// TOML configuration file [default: /etc/fmd/fmd.toml, if present].
     #[arg(long, env = "FMD_CONFIG")]
     config: Option<PathBuf>,
@@ -93,7 +99,9 @@ fn main() -> ExitCode {
 }
 
 fn check() -> anyhow::Result<()> {
-    let capture = fmd_daemon::capture::Capture::load()?;
+    let mut capture = fmd_daemon::capture::Capture::load()?;
+    // The sampler's frame walk is the program the verifier is most likely to refuse on another kernel.
+    capture.start_sampler(100, fmd_daemon::profile::ProfileMode::Wall)?;
     drop(capture);
     #[expect(clippy::print_stdout, reason = "CLI output")]
     {
@@ -112,6 +120,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(hz) = args.sample_hz {
+        config.profiler.sample_hz = hz;
+    }
+    if let Some(mode) = args.profile_mode {
+        config.profiler.mode = mode;
     }
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -6,6 +6,8 @@
 mod http;
 mod maps;
 mod process;
+mod sampler;
+mod usdt;
 
 #[cfg(not(test))]
 #[panic_handler]

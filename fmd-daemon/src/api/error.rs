@@ -20,6 +20,12 @@ pub enum Error {
     },
     #[error("bad query parameter limit: {value:?} is not a non-negative integer")]
     BadLimit { value: String },
+    #[error("bad query parameter format: {value:?} (use json or folded)")]
+    BadFormat { value: String },
+    #[error("missing query parameter {param}")]
+    MissingParam { param: &'static str },
+    #[error("no {what}")]
+    NotFound { what: String },
     #[error("bad query string")]
     BadQuery(#[source] QueryRejection),
     #[error("cannot read the fmd database")]
@@ -31,9 +37,12 @@ pub enum Error {
 impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadTime { .. } | Self::BadLimit { .. } | Self::BadQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadTime { .. }
+            | Self::BadLimit { .. }
+            | Self::BadQuery(_)
+            | Self::BadFormat { .. }
+            | Self::MissingParam { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Store(_) | Self::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

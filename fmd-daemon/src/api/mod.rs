@@ -4,6 +4,7 @@
 mod overview;
 mod endpoints;
 mod error;
+mod profiles;
 mod requests;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -62,6 +63,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/endpoints", get(endpoints::endpoints))
         .route("/api/stats", get(requests::stats))
         .route("/api/health", get(requests::health))
+        .route("/api/requests/{id}/profile", get(profiles::request_profile))
+        .route("/api/endpoints/{endpoint}/grouped-profile", get(profiles::endpoint_grouped))
+        .route("/api/paths/grouped-profile", get(profiles::path_grouped))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -3,6 +3,8 @@
 
 pub mod http;
 pub mod procs;
+pub mod sampler;
+pub mod usdt;
 
 use std::{io, path::Path};
 
@@ -45,6 +47,14 @@ pub enum Error {
     },
     #[error("tracefs is not available at {TRACEFS} and mounting it failed")]
     Tracefs(#[source] io::Error),
+    #[error("cannot attach to the USDT probe {probe}")]
+    Usdt {
+        probe: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot list the online CPUs to attach the sampler to")]
+    Cpus(#[source] io::Error),
     #[error("cannot read the format of tracepoint {tracepoint}")]
     TracepointFormat { tracepoint: String, source: io::Error },
 }

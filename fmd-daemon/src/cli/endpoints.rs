@@ -52,7 +52,7 @@ pub fn write_endpoints(
             }
             csv.flush()
         }
-        Format::Table => {
+        Format::Table | Format::Folded => {
             let header = [
                 "endpoint",
                 "rule",

@@ -42,6 +42,11 @@ pub enum QueryCommand {
     Endpoints,
     /// Counters summed over every daemon run (events lost, unparseable requests, ...).
     Stats,
+    /// One request's execution tree: each code line with its time and share of the request.
+    Profile(super::profile::ProfileArgs),
+    /// The merged profile of an endpoint's (or a path's) last profiled requests; `--format folded` for
+    /// flame-graph tools.
+    GroupedProfile(super::profile::GroupedArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -83,6 +88,8 @@ pub enum Format {
     Table,
     Json,
     Csv,
+    /// Folded stacks (`grouped-profile` only), for flamegraph.pl, inferno or speedscope.
+    Folded,
 }
 
 /// Runs a `query` subcommand, printing to stdout.
@@ -104,6 +111,12 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
             super::write_endpoints(&list.endpoints, args.format, &mut out)
         }
         QueryCommand::Stats => write_stats(&source.stats()?, args.format, &mut out),
+        QueryCommand::Profile(profile) => {
+            return finish(super::profile::run_profile(&source, profile, args.format, &mut out), &mut out)
+        }
+        QueryCommand::GroupedProfile(grouped) => {
+            return finish(super::profile::run_grouped(&source, grouped, args.format, &mut out), &mut out)
+        }
     };
     match written.and_then(|()| out.flush()) {
         // `fmd-daemon query requests | head` closes the pipe early: not an error.
@@ -112,8 +125,17 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Ends a command whose own errors are already `anyhow` (a closed pipe is not one).
+fn finish(result: anyhow::Result<()>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let result = result.and_then(|()| Ok(out.flush()?));
+    match result {
+        Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => Ok(()),
+        other => other,
+    }
+}
+
 /// Where the data comes from.
-enum Source {
+pub(super) enum Source {
     /// A running daemon's API; `db` to fall back on if it does not answer after all.
     Daemon {
         listen: SocketAddr,
@@ -185,7 +207,7 @@ impl Source {
 
     /// The daemon file names a live pid but nothing answers there (a reused pid, a daemon still starting):
     /// try the file itself.
-    fn fallback(db: &Path, error: &ureq::Error) -> anyhow::Result<Self> {
+    pub(super) fn fallback(db: &Path, error: &ureq::Error) -> anyhow::Result<Self> {
         tracing::debug!(%error, "the daemon does not answer; opening the database");
         Store::open_read_only(db).map(Self::File).with_context(|| {
             format!(
@@ -196,14 +218,14 @@ impl Source {
     }
 }
 
-enum Fetched<T> {
+pub(super) enum Fetched<T> {
     Got(T),
     /// Nothing usable answered at the address.
     Unreachable(ureq::Error),
 }
 
 /// GETs `path` from the daemon's API and decodes the JSON; an API error becomes its message.
-fn fetch<T: DeserializeOwned>(
+pub(super) fn fetch<T: DeserializeOwned>(
     listen: SocketAddr,
     path: &str,
     query: &[(&str, String)],
@@ -248,7 +270,7 @@ pub fn write_requests(rows: &[RequestRow], format: Format, out: &mut dyn Write) 
                 .map_err(io::Error::from)?;
             csv.flush()
         }
-        Format::Table => {
+        Format::Table | Format::Folded => {
             let header = [
                 "id",
                 "ts",

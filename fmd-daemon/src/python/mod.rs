@@ -4,9 +4,12 @@
 
 pub mod binary;
 pub mod layout;
+pub mod linetable;
 pub mod memory;
 pub mod objects;
+pub mod symbols;
 mod offsets;
+pub mod stack;
 pub mod threads;
 
 use std::{io, path::PathBuf};

@@ -1060,10 +1060,14 @@ mod tests {
         {
             let store = Store::open(&path).expect("open");
             append_requests(store.connection(), 1, 1, &[request(0)]).expect("append");
-            // Back to what fmd with schema 1 left.
+            // Back to what fmd with schema 1 left (later migrations' tables dropped too).
             store
                 .connection()
-                .execute_batch("DROP TABLE endpoints; DROP TABLE attribution; UPDATE schema_version SET version = 1")
+                .execute_batch(
+                    "DROP TABLE endpoints; DROP TABLE attribution; DROP TABLE profile_samples; \
+                     DROP TABLE profile_stacks; DROP TABLE profile_frames; DROP TABLE profiled_requests; \
+                     UPDATE schema_version SET version = 1",
+                )
                 .expect("downgrade");
         }
         let store = Store::open(&path).expect("migrate");

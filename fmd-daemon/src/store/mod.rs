@@ -8,6 +8,7 @@
 
 mod daemon_file;
 mod endpoints;
+pub mod profiles;
 mod requests;
 pub mod schema;
 mod stats;

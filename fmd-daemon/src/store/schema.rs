@@ -75,6 +75,8 @@ const MIGRATIONS: &[&str] = &[
         updated_at  TIMESTAMP NOT NULL
     );
     ",
+    // 3: per-request Python stack samples (store/profiles.rs).
+    super::profiles::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -161,6 +163,10 @@ mod tests {
                 "counters",
                 "daemon_runs",
                 "endpoints",
+                "profile_frames",
+                "profile_samples",
+                "profile_stacks",
+                "profiled_requests",
                 "requests",
                 "schema_version"
             ]

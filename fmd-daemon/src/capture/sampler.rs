@@ -1,0 +1,195 @@
+//! Starting the Python stack sampler (one CPU-clock perf event per CPU, plus `sched_switch` in wall-clock
+//! mode) and keeping its tables current: each worker's frame layout and its `tid -> PyThreadState` map.
+
+use std::collections::{HashMap, HashSet};
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, PerCpuArray},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent, TracePoint,
+    },
+};
+use fmd_common::{
+    names,
+    profile::{PyLayout, SamplerConfig},
+    stats,
+};
+
+use super::{field_offset, map_mut, program_error, Capture, Error};
+use crate::profile::ProfileMode;
+
+/// The sampler's counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SamplerCounters {
+    pub samples_sent: u64,
+    pub sample_drops: u64,
+    pub samples_truncated: u64,
+}
+
+/// Which threads of which worker the daemon told BPF about, to remove the stale ones on refresh.
+#[derive(Debug, Default)]
+pub struct SamplerTables {
+    tids: HashMap<u32, HashSet<u32>>,
+}
+
+impl Capture {
+    /// Attaches the CPU-clock sampler (every `1/hz` s of CPU time) on every online CPU and, in wall mode, `sched_switch`.
+    pub fn start_sampler(&mut self, hz: u64, mode: ProfileMode) -> Result<(), Error> {
+        let switch_next_pid = field_offset("sched", "sched_switch", "next_pid")?;
+        let config = SamplerConfig {
+            wall: u32::from(mode == ProfileMode::Wall),
+            switch_next_pid,
+        };
+        let mut array: Array<_, SamplerConfig> =
+            Array::try_from(map_mut(&mut self.ebpf, names::SAMPLER_CONFIG)?).map_err(|source| {
+                Error::Map {
+                    name: names::SAMPLER_CONFIG,
+                    source,
+                }
+            })?;
+        array.set(0, config, 0).map_err(|source| Error::Map {
+            name: names::SAMPLER_CONFIG,
+            source,
+        })?;
+
+        let program = names::SAMPLE_PROGRAM;
+        let prog: &mut PerfEvent = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(Error::Missing {
+                what: "program",
+                name: program,
+            })?
+            .try_into()
+            .map_err(|source| Error::Program {
+                program: program.to_owned(),
+                source,
+            })?;
+        prog.load()
+            .map_err(|source| program_error(program, source))?;
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+        for cpu in cpus {
+            prog.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                // cpu-clock counts nanoseconds: a fixed period gives every sample the same, known weight.
+                SamplePolicy::Period(1_000_000_000 / hz.max(1)),
+                false,
+            )
+            .map_err(|source| program_error(program, source))?;
+        }
+        if mode == ProfileMode::Wall {
+            let program = names::SWITCH_PROGRAM;
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or(Error::Missing {
+                    what: "program",
+                    name: program,
+                })?
+                .try_into()
+                .map_err(|source| Error::Program {
+                    program: program.to_owned(),
+                    source,
+                })?;
+            prog.load()
+                .map_err(|source| program_error(program, source))?;
+            prog.attach("sched", "sched_switch")
+                .map_err(|source| program_error(program, source))?;
+        }
+        tracing::info!(hz, ?mode, "Python stack sampler attached");
+        Ok(())
+    }
+
+    /// Tells BPF where the frame chain of `tgid`'s interpreter is.
+    pub fn set_py_layout(&mut self, tgid: u32, layout: PyLayout) -> Result<(), Error> {
+        let mut map: BpfHashMap<_, u32, PyLayout> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, names::PYLAYOUTS)?).map_err(|source| {
+                Error::Map {
+                    name: names::PYLAYOUTS,
+                    source,
+                }
+            })?;
+        map.insert(tgid, layout, 0).map_err(|source| Error::Map {
+            name: names::PYLAYOUTS,
+            source,
+        })
+    }
+
+    /// Replaces the thread states of `tgid` with `threads` (`tid -> PyThreadState`).
+    pub fn set_tstates(
+        &mut self,
+        tables: &mut SamplerTables,
+        tgid: u32,
+        threads: &HashMap<u32, u64>,
+    ) -> Result<(), Error> {
+        let mut map: BpfHashMap<_, u32, u64> =
+            BpfHashMap::try_from(map_mut(&mut self.ebpf, names::TSTATES)?).map_err(|source| {
+                Error::Map {
+                    name: names::TSTATES,
+                    source,
+                }
+            })?;
+        let known = tables.tids.entry(tgid).or_default();
+        for tid in known.iter().filter(|t| !threads.contains_key(t)) {
+            let _ = map.remove(tid);
+        }
+        known.clear();
+        for (&tid, &tstate) in threads {
+            map.insert(tid, tstate, 0).map_err(|source| Error::Map {
+                name: names::TSTATES,
+                source,
+            })?;
+            known.insert(tid);
+        }
+        Ok(())
+    }
+
+    /// Forgets an exited worker's layout and threads.
+    pub fn forget_python(&mut self, tables: &mut SamplerTables, tgid: u32) {
+        let tids = tables.tids.remove(&tgid).unwrap_or_default();
+        if let Ok(mut map) = map_mut(&mut self.ebpf, names::TSTATES).and_then(|m| {
+            BpfHashMap::<_, u32, u64>::try_from(m).map_err(|source| Error::Map {
+                name: names::TSTATES,
+                source,
+            })
+        }) {
+            for tid in &tids {
+                let _ = map.remove(tid);
+            }
+        }
+        if let Ok(mut map) = map_mut(&mut self.ebpf, names::PYLAYOUTS).and_then(|m| {
+            BpfHashMap::<_, u32, PyLayout>::try_from(m).map_err(|source| Error::Map {
+                name: names::PYLAYOUTS,
+                source,
+            })
+        }) {
+            let _ = map.remove(&tgid);
+        }
+    }
+
+    pub fn sampler_counters(&self) -> Result<SamplerCounters, Error> {
+        let map = self.ebpf.map(names::STATS).ok_or(Error::Missing {
+            what: "map",
+            name: names::STATS,
+        })?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| Error::Map {
+                name: names::STATS,
+                source,
+            })?;
+        let sum = |index: u32| -> Result<u64, Error> {
+            let values = array.get(&index, 0).map_err(|source| Error::Map {
+                name: names::STATS,
+                source,
+            })?;
+            Ok(values.iter().sum())
+        };
+        Ok(SamplerCounters {
+            samples_sent: sum(stats::SAMPLES_SENT)?,
+            sample_drops: sum(stats::SAMPLE_DROPS)?,
+            samples_truncated: sum(stats::SAMPLES_TRUNCATED)?,
+        })
+    }
+}
