@@ -83,6 +83,9 @@ impl Default for CaptureConfig {
 pub struct ProfilerConfig {
     /// Python stack samples per second of CPU time per thread (0 turns the profiler off).
     pub sample_hz: u64,
+    /// Flask-MonitoringDashboard's `SAMPLING_PERIOD`, in milliseconds: when set, it gives the rate
+    /// (`1000 / sampling_period_ms` samples per second) so an FMD configuration carries over.
+    pub sampling_period_ms: Option<u64>,
     /// `wall` (on-CPU samples plus off-CPU waits) or `cpu` (on-CPU only).
     pub mode: crate::profile::ProfileMode,
 }
@@ -92,6 +95,7 @@ impl Default for ProfilerConfig {
         Self {
             // py-spy's rate: a 100 ms request gets about 10 CPU samples, at well under 1% CPU.
             sample_hz: 100,
+            sampling_period_ms: None,
             // Like FMD's own sampler, which sees waiting threads too.
             mode: crate::profile::ProfileMode::Wall,
         }
@@ -110,7 +114,14 @@ impl Config {
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(source) => return Err(Error::Read { path, source }),
         };
-        toml::from_str(&text).map_err(|source| Error::Parse { path, source })
+        let mut config: Self = toml::from_str(&text).map_err(|source| Error::Parse { path, source })?;
+        if let Some(ms) = config.profiler.sampling_period_ms {
+            if ms == 0 {
+                return Err(Error::Invalid { key: "profiler.sampling_period_ms", reason: "must be at least 1".into() });
+            }
+            config.profiler.sample_hz = (1000 + ms / 2) / ms;
+        }
+        Ok(config)
     }
 
     pub fn validate(&self) -> Result<(), Error> {
@@ -164,6 +175,20 @@ mod tests {
         assert!(c.validate().is_ok());
         c.capture.max_connections = 0;
         assert!(c.validate().unwrap_err().to_string().contains("capture.max_connections"));
+    }
+
+    #[test]
+    fn fmd_sampling_period_sets_the_rate() {
+        let dir = std::env::temp_dir().join(format!("fmd-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("fmd.toml");
+        for (ms, hz) in [(5, 200), (10, 100), (3, 333), (1000, 1)] {
+            std::fs::write(&file, format!("[profiler]\nsampling_period_ms = {ms}\n")).expect("write");
+            assert_eq!(Config::load(Some(&file)).expect("load").profiler.sample_hz, hz, "{ms} ms");
+        }
+        std::fs::write(&file, "[profiler]\nsampling_period_ms = 0\n").expect("write");
+        assert!(Config::load(Some(&file)).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
