@@ -14,7 +14,11 @@ fn main() -> anyhow::Result<()> {
         .join("fmd-ebpf");
     let root = root.to_str().context("non-UTF-8 path to fmd-ebpf")?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "fmd-ebpf", root_dir: root, ..Default::default() }],
+        [aya_build::Package {
+            name: "fmd-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }
@@ -28,7 +32,10 @@ fn link_duckdb() -> anyhow::Result<()> {
     };
     let dir = PathBuf::from(dir);
     if !dir.join("libduckdb.so").is_file() {
-        bail!("{} has no libduckdb.so: run `cargo xtask setup` first", dir.display());
+        bail!(
+            "{} has no libduckdb.so: run `cargo xtask setup` first",
+            dir.display()
+        );
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN");
@@ -40,8 +47,12 @@ fn check_bpf_toolchain() -> anyhow::Result<()> {
     if !linker.is_ok_and(|o| o.status.success()) {
         bail!("bpf-linker is not installed: run `cargo xtask setup` (it builds bpf-linker 0.13.0 for the nightly's LLVM)");
     }
-    let sysroot = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output();
-    let Ok(sysroot) = sysroot else { bail!("no rustup nightly toolchain: run `cargo xtask setup`") };
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output();
+    let Ok(sysroot) = sysroot else {
+        bail!("no rustup nightly toolchain: run `cargo xtask setup`")
+    };
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         bail!("the nightly toolchain lacks rust-src: run `cargo xtask setup`");

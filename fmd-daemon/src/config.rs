@@ -111,13 +111,19 @@ impl Config {
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
-            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default())
+            }
             Err(source) => return Err(Error::Read { path, source }),
         };
-        let mut config: Self = toml::from_str(&text).map_err(|source| Error::Parse { path, source })?;
+        let mut config: Self =
+            toml::from_str(&text).map_err(|source| Error::Parse { path, source })?;
         if let Some(ms) = config.profiler.sampling_period_ms {
             if ms == 0 {
-                return Err(Error::Invalid { key: "profiler.sampling_period_ms", reason: "must be at least 1".into() });
+                return Err(Error::Invalid {
+                    key: "profiler.sampling_period_ms",
+                    reason: "must be at least 1".into(),
+                });
             }
             config.profiler.sample_hz = (1000 + ms / 2) / ms;
         }
@@ -126,16 +132,28 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), Error> {
         if self.capture.max_connections == 0 {
-            return Err(Error::Invalid { key: "capture.max_connections", reason: "must be at least 1".into() });
+            return Err(Error::Invalid {
+                key: "capture.max_connections",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.capture.idle_timeout_secs == 0 {
-            return Err(Error::Invalid { key: "capture.idle_timeout_secs", reason: "must be at least 1".into() });
+            return Err(Error::Invalid {
+                key: "capture.idle_timeout_secs",
+                reason: "must be at least 1".into(),
+            });
         }
         if self.profiler.sample_hz > 10_000 {
-            return Err(Error::Invalid { key: "profiler.sample_hz", reason: "must be at most 10000".into() });
+            return Err(Error::Invalid {
+                key: "profiler.sample_hz",
+                reason: "must be at most 10000".into(),
+            });
         }
         if self.db.as_os_str().is_empty() {
-            return Err(Error::Invalid { key: "db", reason: "must be a file path".into() });
+            return Err(Error::Invalid {
+                key: "db",
+                reason: "must be a file path".into(),
+            });
         }
         Ok(())
     }
@@ -161,7 +179,10 @@ mod tests {
             "db = \"/tmp/x.duckdb\"\n[capture]\nidle_timeout_secs = 9",
             Ok(Config {
                 db: "/tmp/x.duckdb".into(),
-                capture: CaptureConfig { idle_timeout_secs: 9, ..CaptureConfig::default() },
+                capture: CaptureConfig {
+                    idle_timeout_secs: 9,
+                    ..CaptureConfig::default()
+                },
                 ..Config::default()
             }),
         );
@@ -174,7 +195,11 @@ mod tests {
         let mut c = Config::default();
         assert!(c.validate().is_ok());
         c.capture.max_connections = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("capture.max_connections"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("capture.max_connections"));
     }
 
     #[test]
@@ -183,8 +208,13 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("fmd.toml");
         for (ms, hz) in [(5, 200), (10, 100), (3, 333), (1000, 1)] {
-            std::fs::write(&file, format!("[profiler]\nsampling_period_ms = {ms}\n")).expect("write");
-            assert_eq!(Config::load(Some(&file)).expect("load").profiler.sample_hz, hz, "{ms} ms");
+            std::fs::write(&file, format!("[profiler]\nsampling_period_ms = {ms}\n"))
+                .expect("write");
+            assert_eq!(
+                Config::load(Some(&file)).expect("load").profiler.sample_hz,
+                hz,
+                "{ms} ms"
+            );
         }
         std::fs::write(&file, "[profiler]\nsampling_period_ms = 0\n").expect("write");
         assert!(Config::load(Some(&file)).is_err());

@@ -7,7 +7,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use fmd_common::{http::kind, http::EventHeader, ROLE_MASTER, ROLE_WORKER};
+use fmd_common::{
+    http::{kind, EventHeader},
+    ROLE_MASTER, ROLE_WORKER,
+};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -64,25 +67,40 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         let fds = procs::accepted_sockets(worker);
         if !fds.is_empty() {
             let added = capture.track_existing(worker, &fds, monotonic_ns())?;
-            info!(pid = worker, connections = added, "following connections opened before fmd attached");
+            info!(
+                pid = worker,
+                connections = added,
+                "following connections opened before fmd attached"
+            );
         }
     }
     // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd drops it.
     let clock_offset = clock_offset_ns();
-    let (profiling, profile_writer) = match start_profiling(&config, &mut capture, &target, &store, clock_offset) {
-        Some((p, thread)) => (Some(p), Some(thread)),
-        None => (None, None),
-    };
-    let ring = unsafe { AsyncFd::register_with_interest(capture.take_events()?, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("cannot poll the BPF ring buffer")?;
+    let (profiling, profile_writer) =
+        match start_profiling(&config, &mut capture, &target, &store, clock_offset) {
+            Some((p, thread)) => (Some(p), Some(thread)),
+            None => (None, None),
+        };
+    let ring =
+        unsafe { AsyncFd::register_with_interest(capture.take_events()?, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+            .context("cannot poll the BPF ring buffer")?;
 
-    let run = RunInfo { target_pid: pid, version: env!("CARGO_PKG_VERSION").to_owned(), started_at: store::time::now_us() };
+    let run = RunInfo {
+        target_pid: pid,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: store::time::now_us(),
+    };
     let (writer, writer_thread) = store::spawn_writer(store, run)?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (use --listen to pick another address)", config.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (use --listen to pick another address)",
+                config.listen
+            )
+        })?;
     let listen = listener.local_addr()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
@@ -90,17 +108,26 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
             let shutdown = async {
                 let _ = api_stopped.await;
             };
-            axum::serve(listener, api::router(api_state)).with_graceful_shutdown(shutdown).await
+            axum::serve(listener, api::router(api_state))
+                .with_graceful_shutdown(shutdown)
+                .await
         }
         .instrument(info_span!("api")),
     );
-    DaemonFile { pid: std::process::id(), listen }.write(&config.db)?;
+    DaemonFile {
+        pid: std::process::id(),
+        listen,
+    }
+    .write(&config.db)?;
     info!(%listen, db = %config.db.display(), "attached; dashboard and API at http://{listen}/");
 
     let limits = Limits {
         keep_head: config.capture.keep_head_bytes,
         max_connections: config.capture.max_connections,
-        idle_timeout_ns: config.capture.idle_timeout_secs.saturating_mul(1_000_000_000),
+        idle_timeout_ns: config
+            .capture
+            .idle_timeout_secs
+            .saturating_mul(1_000_000_000),
         ..Limits::default()
     };
     let (routes_tx, routes_rx) = mpsc::unbounded_channel();
@@ -142,7 +169,11 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let _ = writer_thread.join();
     DaemonFile::remove(&config.db)?;
     let report = report?;
-    info!(rows = report.rows_written, write_errors = report.write_errors, "detached and flushed");
+    info!(
+        rows = report.rows_written,
+        write_errors = report.write_errors,
+        "detached and flushed"
+    );
     result
 }
 
@@ -173,7 +204,10 @@ fn start_profiling(
         info!("profiler off (sample_hz = 0)");
         return None;
     }
-    let (sink, thread) = match store.reader().and_then(store::profiles::spawn_profile_writer) {
+    let (sink, thread) = match store
+        .reader()
+        .and_then(store::profiles::spawn_profile_writer)
+    {
         Ok(started) => started,
         Err(e) => {
             warn!(error = %e, "cannot start the profile writer: profiling off");
@@ -205,7 +239,10 @@ struct Profiling {
 /// `CLOCK_REALTIME - CLOCK_MONOTONIC`: turns BPF's monotonic timestamps into wall-clock time.
 fn clock_offset_ns() -> i64 {
     fn now(clock: libc::clockid_t) -> i64 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime writes into the timespec we own.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -337,7 +374,10 @@ impl Pipeline {
                         break;
                     }
                 }
-                let _ = tx.send((pid, Err(last.unwrap_or(flask_app::Error::NoFlaskApp { pid }))));
+                let _ = tx.send((
+                    pid,
+                    Err(last.unwrap_or(flask_app::Error::NoFlaskApp { pid })),
+                ));
             }
             .instrument(info_span!("routes", pid)),
         );
@@ -354,7 +394,10 @@ impl Pipeline {
                     ..MapOptions::default()
                 };
                 let routes = map.routes.clone();
-                match self.attributor.set_routes(pid, map.routes, options, &mut self.batch) {
+                match self
+                    .attributor
+                    .set_routes(pid, map.routes, options, &mut self.batch)
+                {
                     Ok(rules) => {
                         info!(pid, rules, "read the Flask route table");
                         self.new_routes = Some(routes);
@@ -406,7 +449,8 @@ impl Pipeline {
                     }
                     if header.kind == kind::READ {
                         if let Some(p) = &mut self.profiling {
-                            p.collector.note_thread(&mut self.capture, header.tgid, header.tid);
+                            p.collector
+                                .note_thread(&mut self.capture, header.tgid, header.tid);
                         }
                     }
                     self.assembler.push(&header, payload, &mut self.assembled);
@@ -442,7 +486,11 @@ impl Pipeline {
         self.attributor.forget(pid, &mut self.batch);
         self.routes_asked.remove(&pid);
         match self.capture.forget_connections(pid) {
-            Ok(n) if n > 0 => debug!(pid, connections = n, "forgot the connections of an exited worker"),
+            Ok(n) if n > 0 => debug!(
+                pid,
+                connections = n,
+                "forgot the connections of an exited worker"
+            ),
             Ok(_) => {}
             Err(e) => warn!(pid, error = %e, "cannot clean the connection table"),
         }
@@ -481,7 +529,10 @@ impl Pipeline {
                 warn!(error = %e, "cannot store the route table");
             }
         }
-        let mode = (store::mode_name(self.attributor.mode()), self.attributor.routes().map_or(0, <[_]>::len));
+        let mode = (
+            store::mode_name(self.attributor.mode()),
+            self.attributor.routes().map_or(0, <[_]>::len),
+        );
         if self.stored_mode != Some(mode) {
             if let Err(e) = self.writer.set_attribution_mode(mode.0, mode.1).await {
                 warn!(error = %e, "cannot store the attribution mode");
@@ -509,7 +560,10 @@ impl Pipeline {
                 values.push((names::EVENTS_LOST, c.ringbuf_drops));
                 values.push((names::CONN_TABLE_FULL, c.conn_table_full));
                 if c.ringbuf_drops > 0 {
-                    warn!(lost = c.ringbuf_drops, "ring-buffer records lost (the daemon fell behind)");
+                    warn!(
+                        lost = c.ringbuf_drops,
+                        "ring-buffer records lost (the daemon fell behind)"
+                    );
                 }
             }
             Err(e) => warn!(error = %e, "cannot read the BPF counters"),
@@ -525,7 +579,10 @@ impl Pipeline {
                 Err(e) => warn!(error = %e, "cannot read the sampler counters"),
             }
         }
-        let values = values.into_iter().map(|(k, v)| (k.to_owned(), i64::try_from(v).unwrap_or(i64::MAX))).collect();
+        let values = values
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), i64::try_from(v).unwrap_or(i64::MAX)))
+            .collect();
         if let Err(e) = self.writer.set_counters(values).await {
             warn!(error = %e, "cannot store counters");
         }
@@ -533,7 +590,10 @@ impl Pipeline {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64

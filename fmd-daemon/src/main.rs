@@ -69,7 +69,9 @@ fn init_logging(verbose: u8, format: LogFormat) {
         _ => "fmd_daemon=trace,debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -112,7 +114,9 @@ fn check() -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let Some(pid) = args.pid else {
-        anyhow::bail!("pass --pid <PID of the gunicorn master or of a worker>, or a subcommand (see --help)");
+        anyhow::bail!(
+            "pass --pid <PID of the gunicorn master or of a worker>, or a subcommand (see --help)"
+        );
     };
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(db) = args.db {

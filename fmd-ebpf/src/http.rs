@@ -7,7 +7,9 @@
 //! `long ret` at offset 16.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
     macros::{map, tracepoint},
     maps::HashMap,
     programs::TracePointContext,
@@ -78,7 +80,14 @@ fn arg(ctx: &TracePointContext, offset: usize) -> u64 {
 }
 
 #[inline(always)]
-pub(crate) fn header(kind: u32, id: u64, fd: i32, conn_ts: u64, len: u64, copied: u32) -> EventHeader {
+pub(crate) fn header(
+    kind: u32,
+    id: u64,
+    fd: i32,
+    conn_ts: u64,
+    len: u64,
+    copied: u32,
+) -> EventHeader {
     EventHeader {
         kind,
         tgid: (id >> 32) as u32,
@@ -123,7 +132,12 @@ fn enter_data(ctx: &TracePointContext, how: u32) {
     if conn((id >> 32) as u32, fd).is_none() {
         return;
     }
-    let pending = Pending { fd, how, buf: arg(ctx, ARG1), extra: 0 };
+    let pending = Pending {
+        fd,
+        how,
+        buf: arg(ctx, ARG1),
+        extra: 0,
+    };
     let _ = FMD_PENDING.insert(&id, &pending, 0);
 }
 
@@ -154,7 +168,8 @@ fn user_buffer(pending: &Pending) -> (u64, u64) {
         HOW_IOVEC => first_iovec(pending.buf),
         HOW_MSGHDR => {
             // SAFETY: a user pointer, read with the faulting-safe helper.
-            let iov = unsafe { bpf_probe_read_user((pending.buf + MSGHDR_IOV) as *const u64) }.unwrap_or(0);
+            let iov = unsafe { bpf_probe_read_user((pending.buf + MSGHDR_IOV) as *const u64) }
+                .unwrap_or(0);
             first_iovec(iov)
         }
         _ => (0, 0),
@@ -218,7 +233,12 @@ fn enter_accept(ctx: &TracePointContext) {
     if !is_worker(id) {
         return;
     }
-    let pending = Pending { fd: -1, how: HOW_ACCEPT, buf: arg(ctx, ARG1), extra: arg(ctx, ARG2) };
+    let pending = Pending {
+        fd: -1,
+        how: HOW_ACCEPT,
+        buf: arg(ctx, ARG1),
+        extra: arg(ctx, ARG2),
+    };
     let _ = FMD_PENDING.insert(&id, &pending, 0);
 }
 
@@ -237,7 +257,10 @@ fn exit_accept(ctx: &TracePointContext) {
     let fd = fd as i32;
     // SAFETY: no preconditions.
     let conn_ts = unsafe { bpf_ktime_get_ns() };
-    let key = ConnKey { tgid: (id >> 32) as u32, fd };
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd,
+    };
     if FMD_CONNS.insert(&key, &Conn { conn_ts }, 0).is_err() {
         count(stats::CONN_TABLE_FULL);
         return;
@@ -259,7 +282,11 @@ fn exit_accept(ctx: &TracePointContext) {
         }
     }
     event.header = header(kind::ACCEPT, id, fd, conn_ts, addr_len, copied as u32);
-    let size = if copied == 0 { EVENT_HEADER_SIZE } else { EVENT_HEADER_SIZE + MAX_SOCKADDR };
+    let size = if copied == 0 {
+        EVENT_HEADER_SIZE
+    } else {
+        EVENT_HEADER_SIZE + MAX_SOCKADDR
+    };
     // SAFETY: `size` is within the scratch record.
     let bytes = unsafe { core::slice::from_raw_parts(event as *const _ as *const u8, size) };
     match FMD_EVENTS.output::<[u8]>(bytes, ring_flags()) {

@@ -1,7 +1,9 @@
 //! Process lifecycle: a watched master's forked children become watched workers at once (in the fork
 //! itself, so a new worker's first request is never missed), and exits are reported for clean-up.
 
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
 use fmd_common::{http::kind, ROLE_MASTER, ROLE_WORKER};
 
 use crate::{

@@ -54,11 +54,22 @@ pub struct Req {
 
 impl Req {
     pub fn get(target: &str) -> Self {
-        Self { method: "GET".into(), target: target.into(), body: vec![], headers: vec![], version: "HTTP/1.1", close: false }
+        Self {
+            method: "GET".into(),
+            target: target.into(),
+            body: vec![],
+            headers: vec![],
+            version: "HTTP/1.1",
+            close: false,
+        }
     }
 
     pub fn post(target: &str, body: &[u8]) -> Self {
-        Self { method: "POST".into(), body: body.to_vec(), ..Self::get(target) }
+        Self {
+            method: "POST".into(),
+            body: body.to_vec(),
+            ..Self::get(target)
+        }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -77,7 +88,10 @@ impl Req {
     }
 
     fn bytes(&self) -> Vec<u8> {
-        let mut head = format!("{} {} {}\r\nHost: fmd-test\r\nUser-Agent: fmd-tests/1\r\n", self.method, self.target, self.version);
+        let mut head = format!(
+            "{} {} {}\r\nHost: fmd-test\r\nUser-Agent: fmd-tests/1\r\n",
+            self.method, self.target, self.version
+        );
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -116,13 +130,19 @@ impl Conn {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         stream.set_nodelay(true)?;
-        Ok(Self { stream: Stream::Tcp(stream), buf: vec![] })
+        Ok(Self {
+            stream: Stream::Tcp(stream),
+            buf: vec![],
+        })
     }
 
     pub fn unix(path: &Path) -> io::Result<Self> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Self { stream: Stream::Unix(stream), buf: vec![] })
+        Ok(Self {
+            stream: Stream::Unix(stream),
+            buf: vec![],
+        })
     }
 
     /// Sends `req` and reads its response.
@@ -165,21 +185,34 @@ impl Conn {
                 break i + 4;
             }
             if !self.fill()? {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                ));
             }
         };
         let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
         self.buf.drain(..head_end);
         let mut lines = head.split("\r\n");
         let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
             .collect();
-        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
         let closed = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
-            || (status_line.starts_with("HTTP/1.0") && !header("connection").is_some_and(|v| v.eq_ignore_ascii_case("keep-alive")));
+            || (status_line.starts_with("HTTP/1.0")
+                && !header("connection").is_some_and(|v| v.eq_ignore_ascii_case("keep-alive")));
         let body = if req.method == "HEAD" || status == 204 || status == 304 {
             vec![]
         } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
@@ -195,7 +228,12 @@ impl Conn {
             while self.fill()? {}
             std::mem::take(&mut self.buf)
         };
-        Ok(Answer { status, body, latency: start.elapsed(), closed })
+        Ok(Answer {
+            status,
+            body,
+            latency: start.elapsed(),
+            closed,
+        })
     }
 
     fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
@@ -211,7 +249,12 @@ impl Conn {
             };
             let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {size_text:?}")))?;
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad chunk size {size_text:?}"),
+                    )
+                })?;
             while self.buf.len() < line_end + 2 + size + 2 {
                 if !self.fill()? {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short chunk"));

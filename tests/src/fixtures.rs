@@ -17,7 +17,10 @@ pub fn daemon_binary() -> PathBuf {
 }
 
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_path_buf()
 }
 
 pub fn apps_dir() -> PathBuf {
@@ -34,8 +37,15 @@ pub fn require_bpf() -> bool {
     let binary = daemon_binary();
     let reason = match Command::new(&binary).arg("check").output() {
         Ok(out) if out.status.success() => return true,
-        Ok(out) => format!("`{} check` failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr).trim()),
-        Err(e) => format!("cannot run {} ({e}); build it with `cargo xtask build`", binary.display()),
+        Ok(out) => format!(
+            "`{} check` failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!(
+            "cannot run {} ({e}); build it with `cargo xtask build`",
+            binary.display()
+        ),
     };
     assert!(!in_ci(), "BPF tests must run in CI, but: {reason}");
     println!("skipping: {reason}");
@@ -53,12 +63,18 @@ impl Venv {
     /// The venv labelled `label` (`debian3.11`, `py3.8`...). Missing venvs fail under CI, else skip.
     pub fn get(label: &str) -> Option<Self> {
         let root = std::env::var_os("FMD_VENVS").map_or_else(
-            || PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/fmd/venvs"),
+            || {
+                PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                    .join(".cache/fmd/venvs")
+            },
             PathBuf::from,
         );
         let dir = root.join(label);
         if dir.join("bin/gunicorn").is_file() {
-            return Some(Self { label: label.to_owned(), dir });
+            return Some(Self {
+                label: label.to_owned(),
+                dir,
+            });
         }
         let reason = format!("no venv {} (run `cargo xtask setup`)", dir.display());
         assert!(!in_ci(), "{reason}");
@@ -73,7 +89,10 @@ impl Venv {
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// Waits until something accepts connections on `addr`.
@@ -111,7 +130,10 @@ pub fn children(pid: u32) -> Vec<u32> {
         .filter(|c| {
             std::fs::read_to_string(format!("/proc/{c}/stat"))
                 .ok()
-                .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok()))
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                })
                 == Some(pid)
         })
         .collect();
@@ -138,7 +160,14 @@ pub struct GunicornOptions<'a> {
 
 impl Default for GunicornOptions<'_> {
     fn default() -> Self {
-        Self { app: "basic:app", workers: 2, worker_class: "sync", threads: 1, unix_socket: None, extra: &[] }
+        Self {
+            app: "basic:app",
+            workers: 2,
+            worker_class: "sync",
+            threads: 1,
+            unix_socket: None,
+            extra: &[],
+        }
     }
 }
 
@@ -153,8 +182,20 @@ impl Gunicorn {
         };
         let child = Command::new(venv.dir.join("bin/gunicorn"))
             .args(["--bind", &bind, "--workers", &options.workers.to_string()])
-            .args(["--worker-class", options.worker_class, "--threads", &options.threads.to_string()])
-            .args(["--access-logfile", "/dev/null", "--error-logfile", "-", "--log-level", "warning"])
+            .args([
+                "--worker-class",
+                options.worker_class,
+                "--threads",
+                &options.threads.to_string(),
+            ])
+            .args([
+                "--access-logfile",
+                "/dev/null",
+                "--error-logfile",
+                "-",
+                "--log-level",
+                "warning",
+            ])
             .args(options.extra)
             .arg(options.app)
             .current_dir(apps_dir())
@@ -166,7 +207,11 @@ impl Gunicorn {
             Some(path) => {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while !path.exists() {
-                    assert!(Instant::now() < deadline, "gunicorn did not create {}", path.display());
+                    assert!(
+                        Instant::now() < deadline,
+                        "gunicorn did not create {}",
+                        path.display()
+                    );
                     thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -192,7 +237,11 @@ impl Gunicorn {
             if workers.len() == n {
                 return workers;
             }
-            assert!(Instant::now() < deadline, "gunicorn has {} workers, expected {n}", workers.len());
+            assert!(
+                Instant::now() < deadline,
+                "gunicorn has {} workers, expected {n}",
+                workers.len()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -229,12 +278,19 @@ impl Daemon {
             .env("RUST_LOG", "fmd_daemon=debug")
             .spawn()
             .expect("start fmd-daemon");
-        let daemon = Self { child: Some(child), db: db.to_path_buf(), listen };
+        let daemon = Self {
+            child: Some(child),
+            db: db.to_path_buf(),
+            listen,
+        };
         // The daemon writes `<db>.daemon` once its programs are attached and its API listens.
         let marker = daemon.marker();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !marker.exists() {
-            assert!(Instant::now() < deadline, "fmd-daemon did not attach within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "fmd-daemon did not attach within 60 s"
+            );
             thread::sleep(Duration::from_millis(50));
         }
         daemon
@@ -278,7 +334,11 @@ pub fn query(db: &Path, what: &str, args: &[&str]) -> Vec<serde_json::Value> {
         .args(args)
         .output()
         .expect("run fmd-daemon query");
-    assert!(out.status.success(), "query {what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "query {what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .expect("UTF-8 output")
         .lines()

@@ -33,15 +33,43 @@ fn mixed_request(i: usize) -> (Req, &'static str, String) {
     let q = format!("i={i}");
     match i % 20 {
         0 => (Req::get(&format!("/sleep?{q}")), "GET", "/sleep".into()),
-        1 => (Req::post(&format!("/echo?{q}"), &vec![b'x'; (i * 37) % 9000 + 1]), "POST", "/echo".into()),
-        2 => (Req::get(&format!("/redirect?{q}")), "GET", "/redirect".into()),
+        1 => (
+            Req::post(&format!("/echo?{q}"), &vec![b'x'; (i * 37) % 9000 + 1]),
+            "POST",
+            "/echo".into(),
+        ),
+        2 => (
+            Req::get(&format!("/redirect?{q}")),
+            "GET",
+            "/redirect".into(),
+        ),
         3 => (Req::get(&format!("/error?{q}")), "GET", "/error".into()),
-        4 => (Req::get(&format!("/missing/{i}?{q}")), "GET", format!("/missing/{i}")),
+        4 => (
+            Req::get(&format!("/missing/{i}?{q}")),
+            "GET",
+            format!("/missing/{i}"),
+        ),
         5 => (Req::get(&format!("/stream?{q}")), "GET", "/stream".into()),
-        6 => (Req::get(&format!("/stream?{q}")).http10(), "GET", "/stream".into()),
-        7 => (Req::get(&format!("/hello/closing?{q}")).closing(), "GET", "/hello/closing".into()),
-        8 => (Req::post(&format!("/echo?{q}"), b"small=body&a=1"), "POST", "/echo".into()),
-        _ => (Req::get(&format!("/hello/w{i}?{q}")), "GET", format!("/hello/w{i}")),
+        6 => (
+            Req::get(&format!("/stream?{q}")).http10(),
+            "GET",
+            "/stream".into(),
+        ),
+        7 => (
+            Req::get(&format!("/hello/closing?{q}")).closing(),
+            "GET",
+            "/hello/closing".into(),
+        ),
+        8 => (
+            Req::post(&format!("/echo?{q}"), b"small=body&a=1"),
+            "POST",
+            "/echo".into(),
+        ),
+        _ => (
+            Req::get(&format!("/hello/w{i}?{q}")),
+            "GET",
+            format!("/hello/w{i}"),
+        ),
     }
 }
 
@@ -66,12 +94,22 @@ fn send_mixed(addr: &str, n: usize, clients: usize) -> Vec<(usize, Sent)> {
                 for i in (c..n).step_by(clients) {
                     let (req, method, path) = mixed_request(i);
                     let c = conn.get_or_insert_with(|| Conn::tcp(addr).expect("connect"));
-                    let answer: Answer = if i % 97 == 0 { c.send_split(&req, 3) } else { c.send(&req) }
-                        .unwrap_or_else(|e| panic!("request {i} {method} {path}: {e}"));
+                    let answer: Answer = if i % 97 == 0 {
+                        c.send_split(&req, 3)
+                    } else {
+                        c.send(&req)
+                    }
+                    .unwrap_or_else(|e| panic!("request {i} {method} {path}: {e}"));
                     if answer.closed || req.close || req.version == "HTTP/1.0" {
                         conn = None;
                     }
-                    let sent = Sent { method, path, query: format!("i={i}"), status: answer.status, latency_ms: answer.latency.as_secs_f64() * 1e3 };
+                    let sent = Sent {
+                        method,
+                        path,
+                        query: format!("i={i}"),
+                        status: answer.status,
+                        latency_ms: answer.latency.as_secs_f64() * 1e3,
+                    };
                     tx.send((i, sent)).expect("collect");
                 }
             });
@@ -87,7 +125,10 @@ fn rows_by_query(rows: &[Value]) -> HashMap<String, &Value> {
     let mut by_query = HashMap::new();
     for row in rows {
         let query = row["query"].as_str().unwrap_or_default().to_owned();
-        assert!(by_query.insert(query.clone(), row).is_none(), "two rows for query {query:?}");
+        assert!(
+            by_query.insert(query.clone(), row).is_none(),
+            "two rows for query {query:?}"
+        );
     }
     by_query
 }
@@ -99,33 +140,69 @@ fn mixed_traffic(label: &str, worker_class: &str) {
     let Some(venv) = Venv::get(label) else { return };
     let dir = TempDir::new(&format!("mixed-{label}-{worker_class}"));
     let threads = if worker_class == "gthread" { 4 } else { 1 };
-    let app = Gunicorn::start(&venv, &GunicornOptions { worker_class, threads, ..Default::default() });
+    let app = Gunicorn::start(
+        &venv,
+        &GunicornOptions {
+            worker_class,
+            threads,
+            ..Default::default()
+        },
+    );
     let mut daemon = Daemon::start(app.pid(), &dir.0);
     const N: usize = 2000;
     let sent = send_mixed(&app.addr, N, 4);
     daemon.stop();
 
     let rows = tests::fixtures::query(&daemon.db, "requests", &[]);
-    assert_eq!(rows.len(), N, "the store must hold exactly one row per request");
+    assert_eq!(
+        rows.len(),
+        N,
+        "the store must hold exactly one row per request"
+    );
     let by_query = rows_by_query(&rows);
     let workers = app.workers();
     for (i, s) in &sent {
-        let row = by_query.get(&s.query).unwrap_or_else(|| panic!("request {i} ({} {}) was not captured", s.method, s.path));
+        let row = by_query
+            .get(&s.query)
+            .unwrap_or_else(|| panic!("request {i} ({} {}) was not captured", s.method, s.path));
         assert_eq!(row["method"], s.method, "request {i}");
         assert_eq!(row["path"], s.path.as_str(), "request {i}");
-        assert_eq!(s.status, expected_status(&s.path), "the app answered request {i} unexpectedly");
+        assert_eq!(
+            s.status,
+            expected_status(&s.path),
+            "the app answered request {i} unexpectedly"
+        );
         assert_eq!(row["status"], u64::from(s.status), "request {i} {}", s.path);
-        let duration = row["duration_ms"].as_f64().expect("duration_ms is a number");
+        let duration = row["duration_ms"]
+            .as_f64()
+            .expect("duration_ms is a number");
         assert!(duration > 0.0, "request {i}: duration {duration}");
-        assert!(duration < s.latency_ms, "request {i} {}: fmd says {duration} ms, the client measured {} ms", s.path, s.latency_ms);
+        assert!(
+            duration < s.latency_ms,
+            "request {i} {}: fmd says {duration} ms, the client measured {} ms",
+            s.path,
+            s.latency_ms
+        );
         if s.path == "/sleep" {
-            assert!(duration >= 50.0, "request {i} slept 50 ms but fmd says {duration} ms");
+            assert!(
+                duration >= 50.0,
+                "request {i} slept 50 ms but fmd says {duration} ms"
+            );
         }
         assert_eq!(row["remote_ip"], "127.0.0.1", "request {i}");
         let pid = row["worker_pid"].as_u64().expect("worker_pid") as u32;
-        assert!(workers.contains(&pid), "request {i} served by {pid}, not a worker of {workers:?}");
-        assert!(row["bytes_in"].as_u64().unwrap_or(0) > 0 && row["bytes_out"].as_u64().unwrap_or(0) > 0, "request {i}: {row}");
-        assert!(row["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "ts is RFC 3339 UTC: {row}");
+        assert!(
+            workers.contains(&pid),
+            "request {i} served by {pid}, not a worker of {workers:?}"
+        );
+        assert!(
+            row["bytes_in"].as_u64().unwrap_or(0) > 0 && row["bytes_out"].as_u64().unwrap_or(0) > 0,
+            "request {i}: {row}"
+        );
+        assert!(
+            row["ts"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "ts is RFC 3339 UTC: {row}"
+        );
     }
     let stats = tests::fixtures::query(&daemon.db, "stats", &[]);
     let stats = &stats[0];
@@ -170,18 +247,30 @@ fn attach_to_running_app_and_follow_new_workers() {
     if !require_bpf() {
         return;
     }
-    let Some(venv) = Venv::get("debian3.11") else { return };
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
     let dir = TempDir::new("attach");
     // One worker, so that every request after the kill is served by its replacement.
-    let app = Gunicorn::start(&venv, &GunicornOptions { workers: 1, ..Default::default() });
+    let app = Gunicorn::start(
+        &venv,
+        &GunicornOptions {
+            workers: 1,
+            ..Default::default()
+        },
+    );
     for i in 0..20 {
-        Conn::tcp(&app.addr).and_then(|mut c| c.send(&Req::get(&format!("/hello/before?b={i}")))).expect("request");
+        Conn::tcp(&app.addr)
+            .and_then(|mut c| c.send(&Req::get(&format!("/hello/before?b={i}"))))
+            .expect("request");
     }
     let mut daemon = Daemon::start(app.pid(), &dir.0);
     let mut sent = 0;
     let mut send = |n: usize| {
         for _ in 0..n {
-            let answer = Conn::tcp(&app.addr).and_then(|mut c| c.send(&Req::get(&format!("/hello/after?a={sent}")))).expect("request");
+            let answer = Conn::tcp(&app.addr)
+                .and_then(|mut c| c.send(&Req::get(&format!("/hello/after?a={sent}"))))
+                .expect("request");
             assert_eq!(answer.status, 200);
             sent += 1;
         }
@@ -200,10 +289,23 @@ fn attach_to_running_app_and_follow_new_workers() {
     send(100);
     daemon.stop();
     let rows = tests::fixtures::query(&daemon.db, "requests", &[]);
-    assert_eq!(rows.len(), sent, "every request after attachment, and only those");
-    assert!(rows.iter().all(|r| r["path"] == "/hello/after"), "requests before attachment are not in the store");
-    let by_new = rows.iter().filter(|r| r["worker_pid"] == u64::from(new_worker)).count();
-    assert_eq!(by_new, 100, "the replacement worker {new_worker} served the last 100 requests");
+    assert_eq!(
+        rows.len(),
+        sent,
+        "every request after attachment, and only those"
+    );
+    assert!(
+        rows.iter().all(|r| r["path"] == "/hello/after"),
+        "requests before attachment are not in the store"
+    );
+    let by_new = rows
+        .iter()
+        .filter(|r| r["worker_pid"] == u64::from(new_worker))
+        .count();
+    assert_eq!(
+        by_new, 100,
+        "the replacement worker {new_worker} served the last 100 requests"
+    );
 }
 
 /// The app's own HTTP client connection (to a local upstream) is not a served request.
@@ -212,7 +314,9 @@ fn outgoing_connections_are_not_served_requests() {
     if !require_bpf() {
         return;
     }
-    let Some(venv) = Venv::get("debian3.11") else { return };
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
     let dir = TempDir::new("outgoing");
     let upstream = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let port = upstream.local_addr().expect("addr").port();
@@ -221,13 +325,16 @@ fn outgoing_connections_are_not_served_requests() {
             let (mut s, _) = upstream.accept().expect("accept");
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").expect("answer");
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+                .expect("answer");
         }
     });
     let app = Gunicorn::start(&venv, &GunicornOptions::default());
     let mut daemon = Daemon::start(app.pid(), &dir.0);
     for _ in 0..10 {
-        let answer = Conn::tcp(&app.addr).and_then(|mut c| c.send(&Req::get(&format!("/outgoing?port={port}")))).expect("request");
+        let answer = Conn::tcp(&app.addr)
+            .and_then(|mut c| c.send(&Req::get(&format!("/outgoing?port={port}"))))
+            .expect("request");
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, b"upstream said hi");
     }
@@ -235,7 +342,11 @@ fn outgoing_connections_are_not_served_requests() {
     daemon.stop();
     let rows = tests::fixtures::query(&daemon.db, "requests", &[]);
     assert_eq!(rows.len(), 10, "{rows:?}");
-    assert!(rows.iter().all(|r| r["path"] == "/outgoing" && r["status"] == 200), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["path"] == "/outgoing" && r["status"] == 200),
+        "{rows:?}"
+    );
 }
 
 /// Behind a proxy on a unix socket, the client address comes from X-Forwarded-For / X-Real-IP.
@@ -244,23 +355,47 @@ fn unix_socket_bind_with_forwarded_for() {
     if !require_bpf() {
         return;
     }
-    let Some(venv) = Venv::get("debian3.11") else { return };
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
     let dir = TempDir::new("unix");
     let socket = dir.0.join("app.sock");
-    let app = Gunicorn::start(&venv, &GunicornOptions { unix_socket: Some(&socket), ..Default::default() });
+    let app = Gunicorn::start(
+        &venv,
+        &GunicornOptions {
+            unix_socket: Some(&socket),
+            ..Default::default()
+        },
+    );
     let mut daemon = Daemon::start(app.pid(), &dir.0);
     for i in 0..5 {
-        let req = Req::get(&format!("/hello/proxied?i={i}")).header("X-Forwarded-For", &format!("203.0.113.{i}, 10.0.0.1"));
-        assert_eq!(Conn::unix(&socket).and_then(|mut c| c.send(&req)).expect("request").status, 200);
+        let req = Req::get(&format!("/hello/proxied?i={i}"))
+            .header("X-Forwarded-For", &format!("203.0.113.{i}, 10.0.0.1"));
+        assert_eq!(
+            Conn::unix(&socket)
+                .and_then(|mut c| c.send(&req))
+                .expect("request")
+                .status,
+            200
+        );
     }
     let req = Req::get("/hello/real?i=real").header("X-Real-IP", "198.51.100.7");
-    assert_eq!(Conn::unix(&socket).and_then(|mut c| c.send(&req)).expect("request").status, 200);
+    assert_eq!(
+        Conn::unix(&socket)
+            .and_then(|mut c| c.send(&req))
+            .expect("request")
+            .status,
+        200
+    );
     daemon.stop();
     let rows = tests::fixtures::query(&daemon.db, "requests", &[]);
     assert_eq!(rows.len(), 6);
     let by_query = rows_by_query(&rows);
     for i in 0..5 {
-        assert_eq!(by_query[&format!("i={i}")]["remote_ip"], format!("203.0.113.{i}"));
+        assert_eq!(
+            by_query[&format!("i={i}")]["remote_ip"],
+            format!("203.0.113.{i}")
+        );
     }
     assert_eq!(by_query["i=real"]["remote_ip"], "198.51.100.7");
 }
@@ -271,12 +406,16 @@ fn query_while_the_daemon_runs() {
     if !require_bpf() {
         return;
     }
-    let Some(venv) = Venv::get("debian3.11") else { return };
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
     let dir = TempDir::new("live-query");
     let app = Gunicorn::start(&venv, &GunicornOptions::default());
     let daemon = Daemon::start(app.pid(), &dir.0);
     for i in 0..7 {
-        Conn::tcp(&app.addr).and_then(|mut c| c.send(&Req::get(&format!("/hello/live?i={i}")))).expect("request");
+        Conn::tcp(&app.addr)
+            .and_then(|mut c| c.send(&Req::get(&format!("/hello/live?i={i}"))))
+            .expect("request");
     }
     let mut rows = vec![];
     for _ in 0..50 {
@@ -286,27 +425,46 @@ fn query_while_the_daemon_runs() {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(rows.len(), 7, "rows are flushed at least once a second and visible while the daemon runs");
+    assert_eq!(
+        rows.len(),
+        7,
+        "rows are flushed at least once a second and visible while the daemon runs"
+    );
     let limited = daemon.query("requests", &["--limit", "3"]);
     assert_eq!(limited.len(), 3);
 }
 
 fn daemon_error(args: &[&str]) -> (i32, String) {
-    let out = Command::new(tests::fixtures::daemon_binary()).args(args).output().expect("run fmd-daemon");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(tests::fixtures::daemon_binary())
+        .args(args)
+        .output()
+        .expect("run fmd-daemon");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn wrong_pid_is_a_clear_error() {
-    let (code, stderr) = daemon_error(&["--pid", "999999999", "--db", "/tmp/fmd-test-never.duckdb"]);
+    let (code, stderr) =
+        daemon_error(&["--pid", "999999999", "--db", "/tmp/fmd-test-never.duckdb"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("no process with PID 999999999"), "{stderr}");
 }
 
 #[test]
 fn non_python_process_is_a_clear_error() {
-    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
-    let (code, stderr) = daemon_error(&["--pid", &sleeper.id().to_string(), "--db", "/tmp/fmd-test-never.duckdb"]);
+    let mut sleeper = Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let (code, stderr) = daemon_error(&[
+        "--pid",
+        &sleeper.id().to_string(),
+        "--db",
+        "/tmp/fmd-test-never.duckdb",
+    ]);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
     assert_ne!(code, 0);
@@ -320,19 +478,37 @@ fn unprivileged_user_is_told_to_run_as_root() {
         println!("skipping: needs root to drop to an unprivileged user");
         return;
     }
-    let Some(venv) = Venv::get("debian3.11") else { return };
-    let mut python = Command::new(venv.python()).args(["-c", "import time; time.sleep(30)"]).spawn().expect("python");
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
+    let mut python = Command::new(venv.python())
+        .args(["-c", "import time; time.sleep(30)"])
+        .spawn()
+        .expect("python");
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(tests::fixtures::daemon_binary())
-        .args(["--pid", &python.id().to_string(), "--db", "/tmp/fmd-test-unprivileged/fmd.duckdb"])
+        .args([
+            "--pid",
+            &python.id().to_string(),
+            "--db",
+            "/tmp/fmd-test-unprivileged/fmd.duckdb",
+        ])
         .output()
         .expect("run setpriv");
     let _ = python.kill();
     let _ = python.wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("root"), "the error must say to run as root: {stderr}");
+    assert!(
+        stderr.contains("root"),
+        "the error must say to run as root: {stderr}"
+    );
 }
 
 /// A keep-alive connection opened before fmd attached: its later requests are captured too.
@@ -341,18 +517,28 @@ fn keep_alive_connection_opened_before_attachment() {
     if !require_bpf() {
         return;
     }
-    let Some(venv) = Venv::get("debian3.11") else { return };
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
     let dir = TempDir::new("preexisting");
     let app = Gunicorn::start(
         &venv,
-        &GunicornOptions { worker_class: "gthread", threads: 2, workers: 1, extra: &["--keep-alive", "60"], ..Default::default() },
+        &GunicornOptions {
+            worker_class: "gthread",
+            threads: 2,
+            workers: 1,
+            extra: &["--keep-alive", "60"],
+            ..Default::default()
+        },
     );
     let mut conn = Conn::tcp(&app.addr).expect("connect");
     let first = conn.send(&Req::get("/hello/before?k=0")).expect("request");
     assert!(!first.closed, "gthread keeps the connection open");
     let mut daemon = Daemon::start(app.pid(), &dir.0);
     for k in 1..=5 {
-        let answer = conn.send(&Req::get(&format!("/hello/after?k={k}"))).expect("request on the old connection");
+        let answer = conn
+            .send(&Req::get(&format!("/hello/after?k={k}")))
+            .expect("request on the old connection");
         assert_eq!(answer.status, 200);
     }
     drop(conn);

@@ -9,7 +9,11 @@ use crate::{command, paths, setup};
 /// Builds `target/release/fmd-daemon` and returns its path.
 pub fn release() -> Result<PathBuf> {
     setup::build_tools()?;
-    command::run(Command::new("cargo").args(["build", "--release", "--package", "fmd-daemon"]).current_dir(paths::workspace()))?;
+    command::run(
+        Command::new("cargo")
+            .args(["build", "--release", "--package", "fmd-daemon"])
+            .current_dir(paths::workspace()),
+    )?;
     let binary = paths::daemon_binary();
     if !binary.is_file() {
         bail!("cargo built no {}", binary.display());

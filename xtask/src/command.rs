@@ -7,7 +7,9 @@ use anyhow::{bail, Context as _, Result};
 /// Runs `cmd` with inherited stdio; an unsuccessful exit is an error naming the command.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("cannot start {}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
     if !status.success() {
         bail!("{} failed: {status}", show(cmd));
     }
@@ -16,16 +18,29 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` and returns its stdout; an unsuccessful exit is an error carrying its stderr.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let Output { status, stdout, stderr } = cmd.output().with_context(|| format!("cannot start {}", show(cmd)))?;
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
     if !status.success() {
-        bail!("{} failed: {status}\n{}", show(cmd), String::from_utf8_lossy(&stderr));
+        bail!(
+            "{} failed: {status}\n{}",
+            show(cmd),
+            String::from_utf8_lossy(&stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
 /// True when `program --version` runs.
 pub fn exists(program: &str) -> bool {
-    Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn show(cmd: &Command) -> String {

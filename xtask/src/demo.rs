@@ -53,9 +53,16 @@ impl Drop for Guard {
 pub fn run(args: &Args) -> Result<()> {
     setup::build_tools()?;
     setup::debian(&["python3.11", "python3.11-venv"])?;
-    let interp = python::matrix().into_iter().next().context("no Python interpreter for the demo app")?;
+    let interp = python::matrix()
+        .into_iter()
+        .next()
+        .context("no Python interpreter for the demo app")?;
     let venv = python::venvs_dir().join(&interp.label);
-    python::ensure_venv(&interp.python, &venv, &paths::workspace().join("tests/apps/requirements.txt"))?;
+    python::ensure_venv(
+        &interp.python,
+        &venv,
+        &paths::workspace().join("tests/apps/requirements.txt"),
+    )?;
     let daemon = build::release()?;
 
     let db = paths::workspace().join(".fmd/demo.duckdb");
@@ -65,7 +72,14 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let gunicorn = Guard(
         Command::new(venv.join("bin/gunicorn"))
-            .args(["--workers", "2", "--bind", &app_addr, "--access-logfile", "/dev/null"])
+            .args([
+                "--workers",
+                "2",
+                "--bind",
+                &app_addr,
+                "--access-logfile",
+                "/dev/null",
+            ])
             // The demo app fails on purpose now and then; its tracebacks go to a file, not over the guide.
             .arg("--error-logfile")
             .arg(paths::workspace().join(".fmd/demo-gunicorn.log"))
@@ -89,15 +103,18 @@ pub fn run(args: &Args) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let handler_stop = stop.clone();
-    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst)).context("cannot handle Ctrl-C")?;
+    ctrlc::set_handler(move || handler_stop.store(true, Ordering::SeqCst))
+        .context("cannot handle Ctrl-C")?;
     let sent = traffic(&app_addr, 300);
     print_guide(&args.listen, &db, &daemon, sent);
-    let deadline = args.duration.map(|s| Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs(s));
     let mut round = 0u64;
     while !stop.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         thread::sleep(Duration::from_secs(1));
         round += 1;
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             traffic(&app_addr, 20);
         }
     }
@@ -135,7 +152,11 @@ fn traffic(addr: &str, n: usize) -> usize {
     (0..n)
         .filter(|i| {
             let (method, path) = PATHS[i % PATHS.len()];
-            let body = if method == "POST" { r#"{"name": "demo"}"# } else { "" };
+            let body = if method == "POST" {
+                r#"{"name": "demo"}"#
+            } else {
+                ""
+            };
             request(addr, method, path, body).is_ok()
         })
         .count()

@@ -49,9 +49,10 @@ fn main() {
         Command::Build => build::release().map(|_| ()),
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
-        Command::GenOffsets { pyenv_root } => {
-            offsets::gen_offsets(pyenv_root, &paths::workspace().join("fmd-daemon/src/python/offsets.rs"))
-        }
+        Command::GenOffsets { pyenv_root } => offsets::gen_offsets(
+            pyenv_root,
+            &paths::workspace().join("fmd-daemon/src/python/offsets.rs"),
+        ),
         Command::Bench(args) => bench::run(&args),
     };
     if let Err(e) = result {

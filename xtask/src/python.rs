@@ -22,7 +22,10 @@ pub fn matrix() -> Vec<Interpreter> {
     let mut found = vec![];
     let debian = PathBuf::from("/usr/bin/python3.11");
     if debian.is_file() {
-        found.push(Interpreter { label: "debian3.11".into(), python: debian });
+        found.push(Interpreter {
+            label: "debian3.11".into(),
+            python: debian,
+        });
     }
     let root = pyenv_root();
     for minor in 8..=13 {
@@ -35,9 +38,15 @@ pub fn matrix() -> Vec<Interpreter> {
             .filter(|n| n.starts_with(&prefix))
             .max();
         if let Some(version) = version {
-            let python = root.join("versions").join(version).join(format!("bin/python3.{minor}"));
+            let python = root
+                .join("versions")
+                .join(version)
+                .join(format!("bin/python3.{minor}"));
             if python.is_file() {
-                found.push(Interpreter { label: format!("py3.{minor}"), python });
+                found.push(Interpreter {
+                    label: format!("py3.{minor}"),
+                    python,
+                });
             }
         }
     }
@@ -51,7 +60,9 @@ fn pyenv_root() -> PathBuf {
     if let Ok(out) = command::output(Command::new("pyenv").arg("root")) {
         return PathBuf::from(out.trim());
     }
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from).join(".pyenv")
+    std::env::var_os("HOME")
+        .map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+        .join(".pyenv")
 }
 
 pub fn venvs_dir() -> PathBuf {
@@ -63,10 +74,16 @@ pub fn ensure_all() -> Result<()> {
     let requirements = paths::workspace().join("tests/apps/requirements.txt");
     let interpreters = matrix();
     if interpreters.is_empty() {
-        anyhow::bail!("no Python interpreter found (expected /usr/bin/python3.11 or pyenv 3.8-3.13)");
+        anyhow::bail!(
+            "no Python interpreter found (expected /usr/bin/python3.11 or pyenv 3.8-3.13)"
+        );
     }
     for interp in &interpreters {
-        ensure_venv(&interp.python, &venvs_dir().join(&interp.label), &requirements)?;
+        ensure_venv(
+            &interp.python,
+            &venvs_dir().join(&interp.label),
+            &requirements,
+        )?;
     }
     Ok(())
 }
@@ -74,9 +91,12 @@ pub fn ensure_all() -> Result<()> {
 /// Creates (or refreshes) a venv at `dir` with `requirements` installed; a marker holding the
 /// requirements' text makes the next call free.
 pub fn ensure_venv(python: &Path, dir: &Path, requirements: &Path) -> Result<()> {
-    let wanted = fs::read_to_string(requirements).with_context(|| format!("cannot read {}", requirements.display()))?;
+    let wanted = fs::read_to_string(requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
     let marker = dir.join(".fmd-requirements");
-    if fs::read_to_string(&marker).is_ok_and(|have| have == wanted) && dir.join("bin/python").exists() {
+    if fs::read_to_string(&marker).is_ok_and(|have| have == wanted)
+        && dir.join("bin/python").exists()
+    {
         return Ok(());
     }
     if dir.exists() {
@@ -86,7 +106,14 @@ pub fn ensure_venv(python: &Path, dir: &Path, requirements: &Path) -> Result<()>
     command::run(Command::new(python).args(["-m", "venv"]).arg(dir))?;
     command::run(
         Command::new(dir.join("bin/python"))
-            .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+            ])
             .arg(requirements),
     )?;
     fs::write(&marker, wanted)?;

@@ -34,10 +34,19 @@ pub fn build_tools() -> Result<()> {
 fn rust_src() -> Result<()> {
     let sysroot = command::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("the nightly toolchain is needed to build the BPF programs")?;
-    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").is_dir() {
+    if Path::new(sysroot.trim())
+        .join("lib/rustlib/src/rust/library/core")
+        .is_dir()
+    {
         return Ok(());
     }
-    command::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    command::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
 }
 
 /// bpf-linker must be built against the nightly's own LLVM (no LLVM is linked statically).
@@ -55,11 +64,24 @@ fn bpf_linker() -> Result<()> {
         .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*.so in {}", lib.display()))?;
     let llvm = llvm.trim_start_matches("lib").trim_end_matches(".so");
-    let major = llvm.trim_start_matches("LLVM-").split('-').next().unwrap_or_default();
-    let rustflags = format!("-L {0} -l dylib={llvm} -C link-arg=-Wl,-rpath,{0}", lib.display());
+    let major = llvm
+        .trim_start_matches("LLVM-")
+        .split('-')
+        .next()
+        .unwrap_or_default();
+    let rustflags = format!(
+        "-L {0} -l dylib={llvm} -C link-arg=-Wl,-rpath,{0}",
+        lib.display()
+    );
     command::run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{major},no-llvm-linking")])
             .env("RUSTFLAGS", rustflags),
     )
@@ -68,18 +90,31 @@ fn bpf_linker() -> Result<()> {
 /// Puts libduckdb.so where .cargo/config.toml's DUCKDB_LIB_DIR points, from the machine cache when there.
 fn duckdb() -> Result<()> {
     let dest = paths::workspace().join(".fmd/duckdb/libduckdb.so");
-    let cached = paths::cache().join("duckdb").join(DUCKDB_VERSION).join("libduckdb.so");
+    let cached = paths::cache()
+        .join("duckdb")
+        .join(DUCKDB_VERSION)
+        .join("libduckdb.so");
     if !cached.is_file() {
         let dir = cached.parent().expect("has a parent");
         fs::create_dir_all(dir)?;
         let tmp = tempdir(dir)?;
-        command::run(Command::new("npm").args(["pack", "--silent", DUCKDB_NPM_PACKAGE]).current_dir(&tmp))?;
+        command::run(
+            Command::new("npm")
+                .args(["pack", "--silent", DUCKDB_NPM_PACKAGE])
+                .current_dir(&tmp),
+        )?;
         let tarball = fs::read_dir(&tmp)?
             .filter_map(Result::ok)
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "tgz"))
             .context("npm pack produced no tarball")?;
-        command::run(Command::new("tar").arg("xzf").arg(&tarball).arg("package/libduckdb.so").current_dir(&tmp))?;
+        command::run(
+            Command::new("tar")
+                .arg("xzf")
+                .arg(&tarball)
+                .arg("package/libduckdb.so")
+                .current_dir(&tmp),
+        )?;
         fs::rename(tmp.join("package/libduckdb.so"), &cached)?;
         fs::remove_dir_all(&tmp)?;
     }
@@ -87,7 +122,8 @@ fn duckdb() -> Result<()> {
         return Ok(());
     }
     fs::create_dir_all(dest.parent().expect("has a parent"))?;
-    fs::copy(&cached, &dest).with_context(|| format!("cannot copy {} to {}", cached.display(), dest.display()))?;
+    fs::copy(&cached, &dest)
+        .with_context(|| format!("cannot copy {} to {}", cached.display(), dest.display()))?;
     Ok(())
 }
 
@@ -106,8 +142,11 @@ pub fn debian(packages: &[&str]) -> Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            let status = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
-            !status.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+            let status = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !status
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
         })
         .collect();
     if missing.is_empty() {

@@ -20,7 +20,11 @@ pub fn run(args: &Args) -> Result<()> {
     setup::all()?;
     let daemon = build::release()?;
     // --release everywhere: one profile means DuckDB's bindings and aya are compiled once per machine.
-    command::run(Command::new("cargo").args(["test", "--release"]).current_dir(paths::workspace()))?;
+    command::run(
+        Command::new("cargo")
+            .args(["test", "--release"])
+            .current_dir(paths::workspace()),
+    )?;
     if args.unit_only {
         return Ok(());
     }

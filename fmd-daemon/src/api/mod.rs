@@ -1,9 +1,9 @@
 //! The daemon's HTTP API: JSON under `/api/` over what `store` holds. Reads `store` only; never calls into
 //! `capture`.
 
-mod overview;
 mod endpoints;
 mod error;
+mod overview;
 mod profiles;
 mod requests;
 
@@ -64,7 +64,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/stats", get(requests::stats))
         .route("/api/health", get(requests::health))
         .route("/api/requests/{id}/profile", get(profiles::request_profile))
-        .route("/api/endpoints/{endpoint}/grouped-profile", get(profiles::endpoint_grouped))
+        .route(
+            "/api/endpoints/{endpoint}/grouped-profile",
+            get(profiles::endpoint_grouped),
+        )
         .route("/api/paths/grouped-profile", get(profiles::path_grouped))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -30,7 +30,11 @@ pub enum Error {
     #[error("cannot load the BPF object")]
     Load(#[source] EbpfError),
     #[error("the kernel's verifier rejected program {program}: {reason}\n{log}")]
-    Verifier { program: String, reason: io::Error, log: String },
+    Verifier {
+        program: String,
+        reason: io::Error,
+        log: String,
+    },
     #[error("cannot load or attach program {program}")]
     Program {
         program: String,
@@ -38,7 +42,10 @@ pub enum Error {
         source: ProgramError,
     },
     #[error("the BPF object has no {what} named {name}")]
-    Missing { what: &'static str, name: &'static str },
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
     #[error("cannot use BPF map {name}")]
     Map {
         name: &'static str,
@@ -56,7 +63,10 @@ pub enum Error {
     #[error("cannot list the online CPUs to attach the sampler to")]
     Cpus(#[source] io::Error),
     #[error("cannot read the format of tracepoint {tracepoint}")]
-    TracepointFormat { tracepoint: String, source: io::Error },
+    TracepointFormat {
+        tracepoint: String,
+        source: io::Error,
+    },
 }
 
 /// Counters the BPF programs keep, summed over CPUs.
@@ -85,28 +95,42 @@ impl Capture {
             }
             e => Error::Load(e),
         })?;
-        let config = BpfConfig { fork_child_pid_offset: field_offset("sched", "sched_process_fork", "child_pid")?, _pad: 0 };
+        let config = BpfConfig {
+            fork_child_pid_offset: field_offset("sched", "sched_process_fork", "child_pid")?,
+            _pad: 0,
+        };
         let mut array: Array<_, BpfConfig> = Array::try_from(map_mut(&mut ebpf, names::CONFIG)?)
-            .map_err(|source| Error::Map { name: names::CONFIG, source })?;
-        array.set(0, config, 0).map_err(|source| Error::Map { name: names::CONFIG, source })?;
+            .map_err(|source| Error::Map {
+                name: names::CONFIG,
+                source,
+            })?;
+        array.set(0, config, 0).map_err(|source| Error::Map {
+            name: names::CONFIG,
+            source,
+        })?;
         for &(program, category, tracepoint) in names::SYSCALL_PROGRAMS {
             let _span = tracing::debug_span!("attach", program, tracepoint).entered();
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(Error::Missing { what: "program", name: program })?
-                .try_into()
-                .map_err(|source| Error::Program { program: program.to_owned(), source })?;
-            prog.load().map_err(|source| program_error(program, source))?;
+            let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
+            prog.load()
+                .map_err(|source| program_error(program, source))?;
             prog.attach(category, tracepoint)
                 .map_err(|source| program_error(program, source))?;
         }
-        tracing::debug!(programs = names::SYSCALL_PROGRAMS.len(), "BPF programs attached");
+        tracing::debug!(
+            programs = names::SYSCALL_PROGRAMS.len(),
+            "BPF programs attached"
+        );
         Ok(Self { ebpf })
     }
 
     /// Puts `pid` under watch with `role` ([`fmd_common::ROLE_MASTER`] or [`fmd_common::ROLE_WORKER`]).
     pub fn watch(&mut self, pid: u32, role: u32) -> Result<(), Error> {
-        self.pids()?.insert(pid, role, 0).map_err(|source| Error::Map { name: names::PIDS, source })
+        self.pids()?
+            .insert(pid, role, 0)
+            .map_err(|source| Error::Map {
+                name: names::PIDS,
+                source,
+            })
     }
 
     /// Puts sockets `pid` accepted before fmd attached into the connection table, so that their next
@@ -114,13 +138,26 @@ impl Capture {
     pub fn track_existing(&mut self, pid: u32, fds: &[i32], now_ns: u64) -> Result<usize, Error> {
         const BPF_NOEXIST: u64 = 1;
         let mut conns: HashMap<_, fmd_common::http::ConnKey, fmd_common::http::Conn> =
-            HashMap::try_from(map_mut(&mut self.ebpf, names::CONNS)?)
-                .map_err(|source| Error::Map { name: names::CONNS, source })?;
+            HashMap::try_from(map_mut(&mut self.ebpf, names::CONNS)?).map_err(|source| {
+                Error::Map {
+                    name: names::CONNS,
+                    source,
+                }
+            })?;
         let mut added = 0;
         for (i, &fd) in fds.iter().enumerate() {
             // A distinct, non-zero identity per socket, earlier than anything BPF stamps from now on.
-            let conn = fmd_common::http::Conn { conn_ts: now_ns.saturating_sub(fds.len() as u64 - i as u64) };
-            if conns.insert(fmd_common::http::ConnKey { tgid: pid, fd }, conn, BPF_NOEXIST).is_ok() {
+            let conn = fmd_common::http::Conn {
+                conn_ts: now_ns.saturating_sub(fds.len() as u64 - i as u64),
+            };
+            if conns
+                .insert(
+                    fmd_common::http::ConnKey { tgid: pid, fd },
+                    conn,
+                    BPF_NOEXIST,
+                )
+                .is_ok()
+            {
                 added += 1;
             }
         }
@@ -131,16 +168,27 @@ impl Capture {
     pub fn unwatch(&mut self, pid: u32) -> Result<(), Error> {
         match self.pids()?.remove(&pid) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::Map { name: names::PIDS, source }),
+            Err(source) => Err(Error::Map {
+                name: names::PIDS,
+                source,
+            }),
         }
     }
 
     /// Forgets the accepted sockets of a process that exited (its closes were never seen).
     pub fn forget_connections(&mut self, pid: u32) -> Result<usize, Error> {
         let mut conns: HashMap<_, fmd_common::http::ConnKey, fmd_common::http::Conn> =
-            HashMap::try_from(map_mut(&mut self.ebpf, names::CONNS)?)
-                .map_err(|source| Error::Map { name: names::CONNS, source })?;
-        let stale: Vec<_> = conns.keys().filter_map(Result::ok).filter(|k| k.tgid == pid).collect();
+            HashMap::try_from(map_mut(&mut self.ebpf, names::CONNS)?).map_err(|source| {
+                Error::Map {
+                    name: names::CONNS,
+                    source,
+                }
+            })?;
+        let stale: Vec<_> = conns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == pid)
+            .collect();
         for key in &stale {
             let _ = conns.remove(key);
         }
@@ -149,16 +197,31 @@ impl Capture {
 
     /// Takes the ring buffer out, for the task that drains it.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Error> {
-        let map = self.ebpf.take_map(names::EVENTS).ok_or(Error::Missing { what: "map", name: names::EVENTS })?;
-        RingBuf::try_from(map).map_err(|source| Error::Map { name: names::EVENTS, source })
+        let map = self.ebpf.take_map(names::EVENTS).ok_or(Error::Missing {
+            what: "map",
+            name: names::EVENTS,
+        })?;
+        RingBuf::try_from(map).map_err(|source| Error::Map {
+            name: names::EVENTS,
+            source,
+        })
     }
 
     pub fn counters(&self) -> Result<BpfCounters, Error> {
-        let map = self.ebpf.map(names::STATS).ok_or(Error::Missing { what: "map", name: names::STATS })?;
+        let map = self.ebpf.map(names::STATS).ok_or(Error::Missing {
+            what: "map",
+            name: names::STATS,
+        })?;
         let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| Error::Map { name: names::STATS, source })?;
+            PerCpuArray::try_from(map).map_err(|source| Error::Map {
+                name: names::STATS,
+                source,
+            })?;
         let sum = |index: u32| -> Result<u64, Error> {
-            let values = array.get(&index, 0).map_err(|source| Error::Map { name: names::STATS, source })?;
+            let values = array.get(&index, 0).map_err(|source| Error::Map {
+                name: names::STATS,
+                source,
+            })?;
             Ok(values.iter().sum())
         };
         Ok(BpfCounters {
@@ -170,23 +233,54 @@ impl Capture {
     }
 
     fn pids(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, Error> {
-        HashMap::try_from(map_mut(&mut self.ebpf, names::PIDS)?).map_err(|source| Error::Map { name: names::PIDS, source })
+        HashMap::try_from(map_mut(&mut self.ebpf, names::PIDS)?).map_err(|source| Error::Map {
+            name: names::PIDS,
+            source,
+        })
     }
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, Error> {
-    ebpf.map_mut(name).ok_or(Error::Missing { what: "map", name })
+    ebpf.map_mut(name)
+        .ok_or(Error::Missing { what: "map", name })
+}
+
+/// The program `name` as its concrete type (`TracePoint`, `PerfEvent`, `UProbe`).
+pub(crate) fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing {
+            what: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| Error::Program {
+            program: name.to_owned(),
+            source,
+        })
 }
 
 fn program_error(program: &str, source: ProgramError) -> Error {
     match source {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             if io_error.kind() == io::ErrorKind::PermissionDenied {
                 return Error::Privileges;
             }
-            Error::Verifier { program: program.to_owned(), reason: io_error, log: verifier_log.to_string() }
+            Error::Verifier {
+                program: program.to_owned(),
+                reason: io_error,
+                log: verifier_log.to_string(),
+            }
         }
-        source => Error::Program { program: program.to_owned(), source },
+        source => Error::Program {
+            program: program.to_owned(),
+            source,
+        },
     }
 }
 
@@ -198,7 +292,15 @@ fn ensure_tracefs() -> Result<(), Error> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: plain mount(2) with static NUL-terminated strings and no data.
-    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::PermissionDenied {
@@ -211,9 +313,16 @@ fn ensure_tracefs() -> Result<(), Error> {
 
 /// Offset of `field` in a tracepoint record, from its tracefs `format` file.
 fn field_offset(category: &str, name: &str, field: &str) -> Result<u32, Error> {
-    let path = Path::new(TRACEFS).join("events").join(category).join(name).join("format");
+    let path = Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     let tracepoint = format!("{category}/{name}");
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::TracepointFormat { tracepoint: tracepoint.clone(), source })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::TracepointFormat {
+        tracepoint: tracepoint.clone(),
+        source,
+    })?;
     parse_field_offset(&text, field).ok_or_else(|| Error::TracepointFormat {
         tracepoint,
         source: io::Error::new(io::ErrorKind::InvalidData, format!("no field {field}")),
@@ -242,7 +351,8 @@ mod tests {
         \tfield:pid_t parent_pid;\toffset:12;\tsize:4;\tsigned:1;\n\
         \tfield:__data_loc char[] child_comm;\toffset:16;\tsize:4;\tsigned:0;\n\
         \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;\n";
-    const FORK_5_15: &str = "format:\n\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:1;\n\
+    const FORK_5_15: &str =
+        "format:\n\tfield:char parent_comm[16];\toffset:8;\tsize:16;\tsigned:1;\n\
         \tfield:pid_t parent_pid;\toffset:24;\tsize:4;\tsigned:1;\n\
         \tfield:char child_comm[16];\toffset:28;\tsize:16;\tsigned:1;\n\
         \tfield:pid_t child_pid;\toffset:44;\tsize:4;\tsigned:1;\n";

@@ -5,7 +5,9 @@ use std::{fs, io, path::PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no process with PID {pid} (check the PID of the gunicorn master with `pgrep -f gunicorn`)")]
+    #[error(
+        "no process with PID {pid} (check the PID of the gunicorn master with `pgrep -f gunicorn`)"
+    )]
     NoSuchProcess { pid: u32 },
     #[error("cannot inspect process {pid}: permission denied (run fmd-daemon as root)")]
     Permission { pid: u32 },
@@ -58,50 +60,101 @@ pub fn inspect(pid: u32) -> Result<ProcInfo, Error> {
     let status = match fs::read_to_string(dir.join("status")) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NoSuchProcess { pid }),
-        Err(source) => return Err(Error::Read { pid, file: "status", source }),
+        Err(source) => {
+            return Err(Error::Read {
+                pid,
+                file: "status",
+                source,
+            })
+        }
     };
     let field = |name: &str| {
-        status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u32>().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .unwrap_or(0)
     };
     let exe = match fs::read_link(dir.join("exe")) {
         Ok(p) => p,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(Error::Permission { pid }),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(Error::Permission { pid })
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Error::NoSuchProcess { pid }),
         // Kernel threads have no exe.
         Err(_) => PathBuf::new(),
     };
-    let cmdline = fs::read(dir.join("cmdline")).map_err(|source| Error::Read { pid, file: "cmdline", source })?;
-    let cmdline = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let cmdline = fs::read(dir.join("cmdline")).map_err(|source| Error::Read {
+        pid,
+        file: "cmdline",
+        source,
+    })?;
+    let cmdline = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
     let maps = match fs::read_to_string(dir.join("maps")) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Err(Error::Permission { pid }),
-        Err(source) => return Err(Error::Read { pid, file: "maps", source }),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(Error::Permission { pid })
+        }
+        Err(source) => {
+            return Err(Error::Read {
+                pid,
+                file: "maps",
+                source,
+            })
+        }
     };
-    Ok(ProcInfo { pid, ppid: field("PPid:"), tgid: field("Tgid:"), python: maps_have_python(&maps, &exe), exe, cmdline })
+    Ok(ProcInfo {
+        pid,
+        ppid: field("PPid:"),
+        tgid: field("Tgid:"),
+        python: maps_have_python(&maps, &exe),
+        exe,
+        cmdline,
+    })
 }
 
 /// A CPython process maps either a `python3.X` executable with the interpreter linked in, or `libpython3.X`.
 fn maps_have_python(maps: &str, exe: &std::path::Path) -> bool {
     let is_python_name = |name: &str| name.starts_with("python") || name.starts_with("libpython");
-    exe.file_name().and_then(|n| n.to_str()).is_some_and(is_python_name)
-        || maps.lines().filter_map(|l| l.split_whitespace().nth(5)).filter_map(|p| p.rsplit('/').next()).any(|n| n.starts_with("libpython"))
+    exe.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(is_python_name)
+        || maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter_map(|p| p.rsplit('/').next())
+            .any(|n| n.starts_with("libpython"))
 }
 
 /// Children of `pid` (processes whose parent it is).
 pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&child| {
-            fs::read_to_string(format!("/proc/{child}/stat")).ok().and_then(|s| parse_stat_ppid(&s)) == Some(pid)
+            fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| parse_stat_ppid(&s))
+                == Some(pid)
         })
         .collect()
 }
 
 /// `ppid` from /proc/PID/stat: after the `)` that closes the command name, which may hold spaces.
 fn parse_stat_ppid(stat: &str) -> Option<u32> {
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Decides how to watch `pid`: a process whose parent runs the same program with the same command line is
@@ -110,7 +163,10 @@ fn parse_stat_ppid(stat: &str) -> Option<u32> {
 pub fn resolve(pid: u32) -> Result<Target, Error> {
     let info = inspect(pid)?;
     if !info.python {
-        return Err(Error::NotPython { pid, exe: info.exe.display().to_string() });
+        return Err(Error::NotPython {
+            pid,
+            exe: info.exe.display().to_string(),
+        });
     }
     if let Ok(parent) = inspect(info.ppid) {
         if parent.python && parent.exe == info.exe && parent.cmdline == info.cmdline {
@@ -134,23 +190,42 @@ mod tests {
 
     #[test]
     fn ppid_from_stat_with_odd_command_names() {
-        assert_eq!(parse_stat_ppid("1234 (gunicorn) S 99 1234 1234 0 -1"), Some(99));
+        assert_eq!(
+            parse_stat_ppid("1234 (gunicorn) S 99 1234 1234 0 -1"),
+            Some(99)
+        );
         assert_eq!(parse_stat_ppid("1234 (a) b (c) S 7 1 1"), Some(7));
         assert_eq!(parse_stat_ppid("garbage"), None);
     }
 
     #[test]
     fn python_detection_from_maps() {
-        let maps = "7f00-7f01 r-xp 0 08:01 1 /root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0\n";
-        assert!(maps_have_python(maps, std::path::Path::new("/usr/bin/something")));
-        assert!(maps_have_python("", std::path::Path::new("/usr/bin/python3.11")));
-        assert!(!maps_have_python("7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n", std::path::Path::new("/usr/bin/sleep")));
+        let maps =
+            "7f00-7f01 r-xp 0 08:01 1 /root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0\n";
+        assert!(maps_have_python(
+            maps,
+            std::path::Path::new("/usr/bin/something")
+        ));
+        assert!(maps_have_python(
+            "",
+            std::path::Path::new("/usr/bin/python3.11")
+        ));
+        assert!(!maps_have_python(
+            "7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n",
+            std::path::Path::new("/usr/bin/sleep")
+        ));
     }
 
     #[test]
     fn missing_and_non_python_processes() {
-        assert!(matches!(resolve(u32::MAX - 1), Err(Error::NoSuchProcess { .. })));
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        assert!(matches!(
+            resolve(u32::MAX - 1),
+            Err(Error::NoSuchProcess { .. })
+        ));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
         let err = resolve(child.id());
         let _ = child.kill();
         let _ = child.wait();
@@ -162,20 +237,30 @@ mod tests {
 /// flight): established TCP sockets on a port the process listens on, and connected unix sockets bound to
 /// a path it listens on. Their later requests are captured once they are in the connection table.
 pub fn accepted_sockets(pid: u32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
     let inodes: std::collections::HashMap<u64, i32> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
             let fd = e.file_name().to_str()?.parse::<i32>().ok()?;
             let target = fs::read_link(e.path()).ok()?;
-            let inode = target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()?;
             Some((inode, fd))
         })
         .collect();
-    let read = |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
+    let read =
+        |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}")).unwrap_or_default();
     let tcp = [read("tcp"), read("tcp6")].concat();
     let mut fds = server_tcp_inodes(&tcp, |i| inodes.contains_key(&i));
-    fds.extend(server_unix_inodes(&read("unix"), |i| inodes.contains_key(&i)));
+    fds.extend(server_unix_inodes(&read("unix"), |i| {
+        inodes.contains_key(&i)
+    }));
     let mut fds: Vec<i32> = fds.iter().filter_map(|i| inodes.get(i).copied()).collect();
     fds.sort_unstable();
     fds
@@ -195,7 +280,10 @@ fn server_tcp_inodes(table: &str, ours: impl Fn(u64) -> bool) -> Vec<u64> {
         .filter(|&(_, _, inode)| ours(inode))
         .collect();
     let listening: Vec<u16> = rows.iter().filter(|r| r.1 == "0A").map(|r| r.0).collect();
-    rows.iter().filter(|r| r.1 == "01" && listening.contains(&r.0)).map(|r| r.2).collect()
+    rows.iter()
+        .filter(|r| r.1 == "01" && listening.contains(&r.0))
+        .map(|r| r.2)
+        .collect()
 }
 
 /// Inodes of connected unix stream sockets bound to a path a socket of the process listens on (the server
@@ -208,12 +296,24 @@ fn server_unix_inodes(table: &str, ours: impl Fn(u64) -> bool) -> Vec<u64> {
         .filter_map(|line| {
             let cols: Vec<&str> = line.split_whitespace().collect();
             let flags = u32::from_str_radix(cols.get(3)?, 16).ok()?;
-            Some((flags, *cols.get(5)?, cols.get(6)?.parse().ok()?, *cols.get(7)?))
+            Some((
+                flags,
+                *cols.get(5)?,
+                cols.get(6)?.parse().ok()?,
+                *cols.get(7)?,
+            ))
         })
         .filter(|&(_, _, inode, _)| ours(inode))
         .collect();
-    let listening: Vec<&str> = rows.iter().filter(|r| r.0 & 0x10000 != 0).map(|r| r.3).collect();
-    rows.iter().filter(|r| r.1 == "03" && listening.contains(&r.3)).map(|r| r.2).collect()
+    let listening: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.0 & 0x10000 != 0)
+        .map(|r| r.3)
+        .collect();
+    rows.iter()
+        .filter(|r| r.1 == "03" && listening.contains(&r.3))
+        .map(|r| r.2)
+        .collect()
 }
 
 #[cfg(test)]
@@ -233,7 +333,11 @@ mod socket_tests {
         // outgoing connection; 999: accepted, but by another process.
         let ours = |i: u64| i != 999;
         assert_eq!(server_tcp_inodes(TCP, ours), vec![101]);
-        assert_eq!(server_tcp_inodes(TCP, |i| i == 101), Vec::<u64>::new(), "no listening socket of ours");
+        assert_eq!(
+            server_tcp_inodes(TCP, |i| i == 101),
+            Vec::<u64>::new(),
+            "no listening socket of ours"
+        );
     }
 
     #[test]

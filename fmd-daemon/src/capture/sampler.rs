@@ -16,7 +16,7 @@ use fmd_common::{
     stats,
 };
 
-use super::{field_offset, map_mut, program_error, Capture, Error};
+use super::{field_offset, map_mut, program_error, program_mut, Capture, Error};
 use crate::profile::ProfileMode;
 
 /// The sampler's counters, summed over CPUs.
@@ -54,18 +54,7 @@ impl Capture {
         })?;
 
         let program = names::SAMPLE_PROGRAM;
-        let prog: &mut PerfEvent = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(Error::Missing {
-                what: "program",
-                name: program,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                program: program.to_owned(),
-                source,
-            })?;
+        let prog: &mut PerfEvent = program_mut(&mut self.ebpf, program)?;
         prog.load()
             .map_err(|source| program_error(program, source))?;
         let cpus = aya::util::online_cpus().map_err(|(_, e)| Error::Cpus(e))?;
@@ -81,18 +70,7 @@ impl Capture {
         }
         if mode == ProfileMode::Wall {
             let program = names::SWITCH_PROGRAM;
-            let prog: &mut TracePoint = self
-                .ebpf
-                .program_mut(program)
-                .ok_or(Error::Missing {
-                    what: "program",
-                    name: program,
-                })?
-                .try_into()
-                .map_err(|source| Error::Program {
-                    program: program.to_owned(),
-                    source,
-                })?;
+            let prog: &mut TracePoint = program_mut(&mut self.ebpf, program)?;
             prog.load()
                 .map_err(|source| program_error(program, source))?;
             prog.attach("sched", "sched_switch")

@@ -13,7 +13,7 @@ use std::{
 use aya::programs::UProbe;
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
-use super::{program_error, Capture, Error};
+use super::{program_error, program_mut, Capture, Error};
 
 /// One probe: where to put the uprobe and the semaphore, as offsets in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,18 +164,7 @@ impl Capture {
         path: &Path,
         probe: &UsdtProbe,
     ) -> Result<OwnedFd, Error> {
-        let prog: &mut UProbe = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(Error::Missing {
-                what: "program",
-                name: program,
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                program: program.to_owned(),
-                source,
-            })?;
+        let prog: &mut UProbe = program_mut(&mut self.ebpf, program)?;
         if prog.fd().is_err() {
             prog.load()
                 .map_err(|source| program_error(program, source))?;

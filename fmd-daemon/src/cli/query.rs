@@ -112,10 +112,16 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         }
         QueryCommand::Stats => write_stats(&source.stats()?, args.format, &mut out),
         QueryCommand::Profile(profile) => {
-            return finish(super::profile::run_profile(&source, profile, args.format, &mut out), &mut out)
+            return finish(
+                super::profile::run_profile(&source, profile, args.format, &mut out),
+                &mut out,
+            )
         }
         QueryCommand::GroupedProfile(grouped) => {
-            return finish(super::profile::run_grouped(&source, grouped, args.format, &mut out), &mut out)
+            return finish(
+                super::profile::run_grouped(&source, grouped, args.format, &mut out),
+                &mut out,
+            )
         }
     };
     match written.and_then(|()| out.flush()) {
@@ -129,7 +135,12 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
 fn finish(result: anyhow::Result<()>, out: &mut dyn Write) -> anyhow::Result<()> {
     let result = result.and_then(|()| Ok(out.flush()?));
     match result {
-        Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => Ok(()),
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }

@@ -118,7 +118,9 @@ impl Attributor {
 
     /// Attributes `req` into `out`, or keeps it until its worker's table is read.
     pub fn push(&mut self, mut req: Request, now: Instant, out: &mut Vec<Request>) {
-        if matches!(self.tables.get(&req.worker_pid), Some(Table::Reading)) && self.waiting.len() < MAX_WAITING {
+        if matches!(self.tables.get(&req.worker_pid), Some(Table::Reading))
+            && self.waiting.len() < MAX_WAITING
+        {
             self.waiting.push_back((now, req));
             return;
         }
@@ -128,7 +130,11 @@ impl Attributor {
 
     /// Releases requests that waited too long (their table never came) with path templates.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Request>) {
-        while self.waiting.front().is_some_and(|(t, _)| now.duration_since(*t) >= MAX_WAIT) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= MAX_WAIT)
+        {
             if let Some((_, mut req)) = self.waiting.pop_front() {
                 self.template(&mut req);
                 out.push(req);
@@ -163,8 +169,9 @@ impl Attributor {
     }
 
     fn release(&mut self, which: impl Fn(u32) -> bool, out: &mut Vec<Request>) {
-        let (go, stay): (VecDeque<_>, VecDeque<_>) =
-            std::mem::take(&mut self.waiting).into_iter().partition(|(_, r)| which(r.worker_pid));
+        let (go, stay): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, r)| which(r.worker_pid));
         self.waiting = stay;
         for (_, mut req) in go {
             self.attribute(&mut req);
@@ -175,7 +182,9 @@ impl Attributor {
     fn attribute(&mut self, req: &mut Request) {
         match self.tables.get(&req.worker_pid) {
             Some(Table::Routes(matcher)) => {
-                let (endpoint, rule) = matcher.route(&req.method, &req.path, req.host.as_deref()).attribution();
+                let (endpoint, rule) = matcher
+                    .route(&req.method, &req.path, req.host.as_deref())
+                    .attribution();
                 if endpoint.is_some() {
                     self.counters.routed += 1;
                 } else {
@@ -212,11 +221,18 @@ mod tests {
     }
 
     fn req(pid: u32, method: &str, path: &str) -> Request {
-        Request { worker_pid: pid, method: method.into(), path: path.into(), ..Request::default() }
+        Request {
+            worker_pid: pid,
+            method: method.into(),
+            path: path.into(),
+            ..Request::default()
+        }
     }
 
     fn attributed(out: &[Request]) -> Vec<(String, Option<String>, Option<String>)> {
-        out.iter().map(|r| (r.path.clone(), r.endpoint.clone(), r.rule.clone())).collect()
+        out.iter()
+            .map(|r| (r.path.clone(), r.endpoint.clone(), r.rule.clone()))
+            .collect()
     }
 
     #[test]
@@ -229,17 +245,36 @@ mod tests {
         a.push(req(10, "GET", "/nope"), t0, &mut out);
         assert!(out.is_empty(), "they wait for the table");
         assert_eq!(a.mode(), Mode::Pending);
-        let routes = vec![route("/users/<int:id>", "users.show", &["GET", "HEAD", "OPTIONS"])];
-        assert_eq!(a.set_routes(10, routes, MapOptions::default(), &mut out).expect("table"), 1);
+        let routes = vec![route(
+            "/users/<int:id>",
+            "users.show",
+            &["GET", "HEAD", "OPTIONS"],
+        )];
+        assert_eq!(
+            a.set_routes(10, routes, MapOptions::default(), &mut out)
+                .expect("table"),
+            1
+        );
         assert_eq!(
             attributed(&out),
             vec![
-                ("/users/7".into(), Some("users.show".into()), Some("/users/<int:id>".into())),
+                (
+                    "/users/7".into(),
+                    Some("users.show".into()),
+                    Some("/users/<int:id>".into())
+                ),
                 ("/nope".into(), None, None),
             ]
         );
         assert_eq!(a.mode(), Mode::FlaskRoutes);
-        assert_eq!(a.counters(), Counters { routed: 1, unrouted: 1, templated: 0 });
+        assert_eq!(
+            a.counters(),
+            Counters {
+                routed: 1,
+                unrouted: 1,
+                templated: 0
+            }
+        );
     }
 
     #[test]
@@ -253,8 +288,16 @@ mod tests {
         assert_eq!(
             attributed(&out),
             vec![
-                ("/orders/123".into(), Some("GET /orders/<int>".into()), Some("/orders/<int>".into())),
-                ("/orders/456".into(), Some("POST /orders/<int>".into()), Some("/orders/<int>".into())),
+                (
+                    "/orders/123".into(),
+                    Some("GET /orders/<int>".into()),
+                    Some("/orders/<int>".into())
+                ),
+                (
+                    "/orders/456".into(),
+                    Some("POST /orders/<int>".into()),
+                    Some("/orders/<int>".into())
+                ),
             ]
         );
         assert_eq!(a.mode(), Mode::PathTemplates);
@@ -270,7 +313,14 @@ mod tests {
         a.expire(t0 + MAX_WAIT / 2, &mut out);
         assert!(out.is_empty());
         a.expire(t0 + MAX_WAIT, &mut out);
-        assert_eq!(attributed(&out), vec![("/a/1".into(), Some("GET /a/<int>".into()), Some("/a/<int>".into()))]);
+        assert_eq!(
+            attributed(&out),
+            vec![(
+                "/a/1".into(),
+                Some("GET /a/<int>".into()),
+                Some("/a/<int>".into())
+            )]
+        );
     }
 
     #[test]
@@ -279,10 +329,18 @@ mod tests {
         let mut out = vec![];
         let old = vec![route("/a", "a", &["GET"])];
         let new = vec![route("/a", "a", &["GET"]), route("/b", "b", &["GET"])];
-        a.set_routes(1, old, MapOptions::default(), &mut out).expect("old");
-        a.set_routes(2, new, MapOptions::default(), &mut out).expect("new");
+        a.set_routes(1, old, MapOptions::default(), &mut out)
+            .expect("old");
+        a.set_routes(2, new, MapOptions::default(), &mut out)
+            .expect("new");
         a.push(req(1, "GET", "/b"), Instant::now(), &mut out);
         a.push(req(2, "GET", "/b"), Instant::now(), &mut out);
-        assert_eq!(attributed(&out), vec![("/b".into(), None, None), ("/b".into(), Some("b".into()), Some("/b".into()))]);
+        assert_eq!(
+            attributed(&out),
+            vec![
+                ("/b".into(), None, None),
+                ("/b".into(), Some("b".into()), Some("/b".into()))
+            ]
+        );
     }
 }

@@ -7,9 +7,9 @@ pub mod layout;
 pub mod linetable;
 pub mod memory;
 pub mod objects;
-pub mod symbols;
 mod offsets;
 pub mod stack;
+pub mod symbols;
 pub mod threads;
 
 use std::{io, path::PathBuf};

@@ -202,7 +202,9 @@ fn still_valid<M: Memory>(reader: &Reader<'_, M>, code: u64, c: &Code) -> bool {
     };
     let word = |off: u64| -> Option<u64> {
         let off = usize::try_from(off).ok()?;
-        head.get(off..off + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+        head.get(off..off + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
     };
     let code_type = reader.types.get("PyCode_Type");
     word(l.ob_type).is_some_and(|t| code_type.is_none_or(|ct| ct == t))

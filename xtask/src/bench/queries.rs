@@ -129,7 +129,11 @@ fn store(
     let out = command::output(&mut cmd)?;
     // Flask-MonitoringDashboard prints its own messages to stdout (e.g. when a session closes after a
     // failed commit): the result is the last JSON line.
-    let json = out.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or_default();
+    let json = out
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or_default();
     let mut output: Output = serde_json::from_str(json.trim())
         .with_context(|| format!("cannot read query_store.py's output: {out}"))?;
     if engine == "duckdb" && env.query_endpoints {

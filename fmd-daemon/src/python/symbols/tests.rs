@@ -73,12 +73,19 @@ fn check(
     assert_eq!(sym.counters.unknown, 0, "{label} {thread}");
     // The same again, in a new batch: every cached object is re-checked and still valid.
     sym.begin_batch();
-    let again: Vec<Location> = frames.iter().map(|f| sym.locate(&reader, f.code, f.instr)).collect();
+    let again: Vec<Location> = frames
+        .iter()
+        .map(|f| sym.locate(&reader, f.code, f.instr))
+        .collect();
     assert_eq!(again, got);
     assert_eq!(sym.counters.stale, 0);
     // A code object whose name pointer changed (freed, its address reused) is never shown from the cache.
     let first = frames.first().expect("a frame");
-    let patched = Patched { inner: &interp.mem, at: first.code + interp.layout.code_name, value: 0x10 };
+    let patched = Patched {
+        inner: &interp.mem,
+        at: first.code + interp.layout.code_name,
+        value: 0x10,
+    };
     let reader = crate::python::Reader::new(&patched, &interp.layout, &interp.types);
     sym.begin_batch();
     let relabelled = sym.locate(&reader, first.code, first.instr);
