@@ -208,6 +208,18 @@ impl Capture {
     }
 
     pub fn counters(&self) -> Result<BpfCounters, Error> {
+        let sums = self.stat_sums()?;
+        let at = |index: u32| sums[index as usize];
+        Ok(BpfCounters {
+            ringbuf_drops: at(stats::RINGBUF_DROPS),
+            conn_table_full: at(stats::CONN_TABLE_FULL),
+            events_sent: at(stats::EVENTS_SENT),
+            data_truncated: at(stats::DATA_TRUNCATED),
+        })
+    }
+
+    /// Every counter of `FMD_STATS`, summed over CPUs, indexed by `fmd_common::stats`.
+    fn stat_sums(&self) -> Result<[u64; stats::COUNT as usize], Error> {
         let map = self.ebpf.map(names::STATS).ok_or(Error::Missing {
             what: "map",
             name: names::STATS,
@@ -217,19 +229,15 @@ impl Capture {
                 name: names::STATS,
                 source,
             })?;
-        let sum = |index: u32| -> Result<u64, Error> {
+        let mut sums = [0; stats::COUNT as usize];
+        for (index, sum) in (0..stats::COUNT).zip(sums.iter_mut()) {
             let values = array.get(&index, 0).map_err(|source| Error::Map {
                 name: names::STATS,
                 source,
             })?;
-            Ok(values.iter().sum())
-        };
-        Ok(BpfCounters {
-            ringbuf_drops: sum(stats::RINGBUF_DROPS)?,
-            conn_table_full: sum(stats::CONN_TABLE_FULL)?,
-            events_sent: sum(stats::EVENTS_SENT)?,
-            data_truncated: sum(stats::DATA_TRUNCATED)?,
-        })
+            *sum = values.iter().sum();
+        }
+        Ok(sums)
     }
 
     fn pids(&mut self) -> Result<HashMap<&mut MapData, u32, u32>, Error> {

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         PerfEvent, TracePoint,
@@ -148,26 +148,12 @@ impl Capture {
     }
 
     pub fn sampler_counters(&self) -> Result<SamplerCounters, Error> {
-        let map = self.ebpf.map(names::STATS).ok_or(Error::Missing {
-            what: "map",
-            name: names::STATS,
-        })?;
-        let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| Error::Map {
-                name: names::STATS,
-                source,
-            })?;
-        let sum = |index: u32| -> Result<u64, Error> {
-            let values = array.get(&index, 0).map_err(|source| Error::Map {
-                name: names::STATS,
-                source,
-            })?;
-            Ok(values.iter().sum())
-        };
+        let sums = self.stat_sums()?;
+        let at = |index: u32| sums[index as usize];
         Ok(SamplerCounters {
-            samples_sent: sum(stats::SAMPLES_SENT)?,
-            sample_drops: sum(stats::SAMPLE_DROPS)?,
-            samples_truncated: sum(stats::SAMPLES_TRUNCATED)?,
+            samples_sent: at(stats::SAMPLES_SENT),
+            sample_drops: at(stats::SAMPLE_DROPS),
+            samples_truncated: at(stats::SAMPLES_TRUNCATED),
         })
     }
 }
