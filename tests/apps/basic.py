@@ -2,6 +2,7 @@
 
 Run under gunicorn: `gunicorn basic:app`. It never knows it is monitored.
 """
+import os
 import time
 import urllib.request
 
@@ -13,6 +14,12 @@ app = Flask(__name__)
 @app.route("/")
 def index():
     return "ok"
+
+
+@app.route("/pid")
+def pid():
+    """Which worker served this request."""
+    return str(os.getpid())
 
 
 @app.route("/hello/<name>")
