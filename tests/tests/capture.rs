@@ -314,7 +314,9 @@ fn single_worker_pid_watches_that_worker_only() {
     if !require_bpf() {
         return;
     }
-    let Some(venv) = Venv::get("debian3.11") else { return };
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
     let dir = TempDir::new("one-worker");
     let app = Gunicorn::start(&venv, &GunicornOptions::default());
     let watched = app.workers()[0];
@@ -325,13 +327,20 @@ fn single_worker_pid_watches_that_worker_only() {
         if i >= 60 && served_by_watched >= 10 {
             break;
         }
-        let answer = Conn::tcp(&app.addr).and_then(|mut c| c.send(&Req::get(&format!("/pid?i={i}")))).expect("request");
-        let pid: u32 = String::from_utf8_lossy(&answer.body).parse().expect("the app answers its pid");
+        let answer = Conn::tcp(&app.addr)
+            .and_then(|mut c| c.send(&Req::get(&format!("/pid?i={i}"))))
+            .expect("request");
+        let pid: u32 = String::from_utf8_lossy(&answer.body)
+            .parse()
+            .expect("the app answers its pid");
         served_by_watched += usize::from(pid == watched);
     }
     daemon.stop();
     let rows = tests::fixtures::query(&daemon.db, "requests", &[]);
-    assert!(served_by_watched > 0, "the watched worker served none of 2,000 requests");
+    assert!(
+        served_by_watched > 0,
+        "the watched worker served none of 2,000 requests"
+    );
     assert_eq!(rows.len(), served_by_watched, "{rows:?}");
     assert!(rows.iter().all(|r| r["worker_pid"] == u64::from(watched)));
 }

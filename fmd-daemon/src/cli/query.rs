@@ -641,6 +641,22 @@ symbols_unknown         7
         ));
     }
 
+    /// What a running daemon does for the CLI: serve `store`'s API on loopback and announce it beside `db`.
+    async fn serve_as_daemon(store: &Store, db: &std::path::Path) {
+        let app = crate::api::router(crate::api::AppState::new(store.reader().expect("reader")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let listen = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        DaemonFile {
+            pid: std::process::id(),
+            listen,
+        }
+        .write(db)
+        .expect("daemon file");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn endpoints_are_the_same_from_the_daemon_and_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -666,18 +682,7 @@ symbols_unknown         7
         let from_file = store::endpoint_list(store.connection(), now_us()).expect("list");
         // request(i) gives an endpoint to even i only: three are unmatched.
         assert_eq!((from_file.unmatched, from_file.endpoints.len()), (3, 2));
-        let app = crate::api::router(crate::api::AppState::new(store.reader().expect("reader")));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let listen = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        DaemonFile {
-            pid: std::process::id(),
-            listen,
-        }
-        .write(&db)
-        .expect("daemon file");
+        serve_as_daemon(&store, &db).await;
         let from_daemon = tokio::task::spawn_blocking(move || {
             let source = Source::find(&db).expect("source");
             assert!(matches!(source, Source::Daemon { .. }));
@@ -751,18 +756,7 @@ symbols_unknown         7
         };
         // The daemon holds the file read-write and serves it.
         let store = Store::open(&db).expect("daemon open");
-        let app = crate::api::router(crate::api::AppState::new(store.reader().expect("reader")));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let listen = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        DaemonFile {
-            pid: std::process::id(),
-            listen,
-        }
-        .write(&db)
-        .expect("daemon file");
+        serve_as_daemon(&store, &db).await;
 
         let got = tokio::task::spawn_blocking(move || {
             let source = Source::find(&db).expect("source");
