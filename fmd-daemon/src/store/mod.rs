@@ -10,6 +10,7 @@ mod daemon_file;
 mod endpoints;
 pub mod profiles;
 mod requests;
+pub mod rollup;
 pub mod schema;
 mod stats;
 pub mod time;
@@ -98,10 +99,13 @@ pub enum Error {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    migrated_from: u32,
+    caught_up: rollup::CatchUp,
 }
 
 impl Store {
-    /// Opens (creating it and its parent directories when missing) the database read-write and migrates it.
+    /// Opens (creating it and its parent directories when missing) the database read-write, migrates it
+    /// and rolls up the requests not rolled up yet ([`rollup::catch_up`]).
     pub fn open(path: &Path) -> Result<Self, Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
@@ -110,10 +114,22 @@ impl Store {
             })?;
         }
         let conn = open_connection(path, AccessMode::ReadWrite)?;
+        let migrated_from = schema::version(&conn)?;
         schema::migrate(&conn)?;
+        // Stores written before the rollups existed, or filled by other tools, are rolled up here once.
+        let caught_up = rollup::catch_up(&conn)?;
+        if caught_up.requests > 0 {
+            tracing::info!(
+                requests = caught_up.requests,
+                watermark = caught_up.watermark,
+                "rolled up stored requests"
+            );
+        }
         Ok(Self {
             conn,
             path: path.to_owned(),
+            migrated_from,
+            caught_up,
         })
     }
 
@@ -144,7 +160,19 @@ impl Store {
         Ok(Self {
             conn,
             path: path.to_owned(),
+            migrated_from: found,
+            caught_up: rollup::CatchUp::default(),
         })
+    }
+
+    /// The schema version the file had before [`Store::open`] migrated it (0: a new file).
+    pub fn migrated_from(&self) -> u32 {
+        self.migrated_from
+    }
+
+    /// What [`Store::open`] rolled up; nothing for a read-only store.
+    pub fn caught_up(&self) -> rollup::CatchUp {
+        self.caught_up
     }
 
     /// A new connection to the same database, for readers in this process (the API) while the writer

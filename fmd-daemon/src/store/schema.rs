@@ -77,6 +77,8 @@ const MIGRATIONS: &[&str] = &[
     ",
     // 3: per-request Python stack samples (store/profiles.rs).
     super::profiles::MIGRATION,
+    // 4: per-endpoint rollups of the requests (store/rollup.rs).
+    super::rollup::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -162,12 +164,15 @@ mod tests {
                 "attribution",
                 "counters",
                 "daemon_runs",
+                "endpoint_durations",
+                "endpoint_hours",
                 "endpoints",
                 "profile_frames",
                 "profile_samples",
                 "profile_stacks",
                 "profiled_requests",
                 "requests",
+                "rollup_state",
                 "schema_version"
             ]
         );

@@ -14,6 +14,7 @@ use super::{
     append_requests,
     endpoints::{modes, set_attribution, PendingEndpoints},
     requests::next_request_id,
+    rollup::catch_up,
     stats::{begin_run, end_run, names, set_counters, RunInfo},
     time::now_us,
     Error, Store,
@@ -175,6 +176,7 @@ fn spawn_with(
         counters: BTreeMap::new(),
         counters_dirty: false,
         endpoints: PendingEndpoints::default(),
+        rollup_behind: false,
         report: WriterReport {
             run_id,
             ..WriterReport::default()
@@ -195,6 +197,8 @@ struct Writer {
     counters: BTreeMap<String, i64>,
     counters_dirty: bool,
     endpoints: PendingEndpoints,
+    /// Requests were appended since the last successful [`catch_up`].
+    rollup_behind: bool,
     report: WriterReport,
 }
 
@@ -247,7 +251,8 @@ impl Writer {
         }
     }
 
-    /// Writes pending requests, changed counters, route tables and the attribution mode.
+    /// Writes pending requests, changed counters, route tables and the attribution mode, then rolls up
+    /// the new requests (retried with the next write when that fails; readers count them meanwhile).
     fn write(&mut self) -> Result<(), Error> {
         let conn = self.store.connection();
         if !self.pending.is_empty() {
@@ -259,6 +264,7 @@ impl Writer {
             self.next_id += rows as i64;
             self.report.rows_written += rows as u64;
             self.pending.clear();
+            self.rollup_behind = true;
         }
         if self.counters_dirty {
             let values = self.counters.iter().map(|(k, v)| (k.as_str(), *v));
@@ -269,6 +275,13 @@ impl Writer {
         }
         if let Err(e) = self.endpoints.write(conn, self.report.run_id) {
             return Err(self.failed(e));
+        }
+        if self.rollup_behind {
+            let _span = tracing::debug_span!("rollup").entered();
+            if let Err(e) = catch_up(conn) {
+                return Err(self.failed(e));
+            }
+            self.rollup_behind = false;
         }
         Ok(())
     }
