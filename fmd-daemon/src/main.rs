@@ -1,10 +1,21 @@
 //! `fmd-daemon`: attach to a gunicorn app (`--pid`) and record its requests, or query what was recorded.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fmd_daemon::{cli, config::Config, daemon};
+use fmd_daemon::{
+    cli,
+    config::Config,
+    daemon,
+    store::{schema, DaemonFile, Store},
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -27,6 +38,16 @@ enum Command {
     Query(cli::QueryArgs),
     /// Check that fmd's BPF programs load and attach on this machine, then exit.
     Check,
+    /// Bring a database up to date: apply pending schema migrations and roll up stored requests (the
+    /// daemon does this itself when it starts; this is for files filled or copied by other tools).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The fmd database file.
+    #[arg(long, env = "FMD_DB", default_value = cli::DEFAULT_DB)]
+    db: PathBuf,
 }
 
 #[derive(Args)]
@@ -86,6 +107,10 @@ fn main() -> ExitCode {
             init_logging(cli.run.verbose, cli.run.log_format);
             check()
         }
+        Some(Command::Migrate(args)) => {
+            init_logging(cli.run.verbose, cli.run.log_format);
+            migrate(&args.db)
+        }
         None => {
             init_logging(cli.run.verbose, cli.run.log_format);
             run(cli.run)
@@ -108,6 +133,40 @@ fn check() -> anyhow::Result<()> {
     #[expect(clippy::print_stdout, reason = "CLI output")]
     {
         println!("ok: fmd's BPF programs load and attach on this machine");
+    }
+    Ok(())
+}
+
+fn migrate(db: &Path) -> anyhow::Result<()> {
+    // DuckDB lets one process open the file read-write: a running daemon holds it (and keeps it current).
+    match DaemonFile::read(db) {
+        Ok(Some(daemon)) if daemon.is_alive() => anyhow::bail!(
+            "fmd-daemon (pid {}) holds {}: it migrated the file when it started and keeps its rollups \
+             current; stop it first to migrate the file here",
+            daemon.pid,
+            db.display()
+        ),
+        // A stale file (the daemon was killed) or an unreadable one: opening the database tells.
+        _ => {}
+    }
+    if !db.is_file() {
+        anyhow::bail!("no fmd database at {}: nothing to migrate", db.display());
+    }
+    let started = Instant::now();
+    let store = Store::open(db)?;
+    let took = started.elapsed();
+    let caught_up = store.caught_up();
+    #[expect(clippy::print_stdout, reason = "CLI output")]
+    {
+        println!(
+            "{}: schema version {} -> {}, rolled up {} requests (up to id {}) in {:.3} s",
+            db.display(),
+            store.migrated_from(),
+            schema::VERSION,
+            caught_up.requests,
+            caught_up.watermark,
+            took.as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use duckdb::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    rollup::{BUCKET, BUCKET_RATIO, WATERMARK, ZERO_BUCKET},
+    rollup::{quantile, BUCKET, WATERMARK},
     time::Micros,
     Error,
 };
@@ -220,7 +220,7 @@ pub fn upsert_routes(
 /// first, then by endpoint and rule. Requests that matched no endpoint are not listed (see [`unmatched`]).
 ///
 /// Read from the rollups ([`super::rollup`]) plus the requests not rolled up yet, so the cost follows the
-/// endpoints and hours stored, not the requests. Counts, error rates, methods and times are exact; the
+/// endpoints (and the last 7 days' hours), not the requests nor the age of the store. Counts, error rates, methods and times are exact; the
 /// median and p90 are within 1% of the exact values (see [`EndpointRow::median_ms`]).
 pub fn endpoints(conn: &Connection, now: Micros) -> Result<Vec<EndpointRow>, Error> {
     let today = now - now.rem_euclid(DAY_US);
@@ -234,21 +234,31 @@ pub fn endpoints(conn: &Connection, now: Micros) -> Result<Vec<EndpointRow>, Err
     // One statement, so the watermark and the rollups it covers are read from one snapshot.
     // An endpoint whose methods changed between deploys shows those of its latest table (the union when
     // that table has the rule twice with different methods).
-    // A quantile at fractional rank `pos` (0-based, `quantile_cont`'s) interpolates between the values at
-    // floor(pos) and ceil(pos); the value at rank r lies in the bucket whose cumulative count passes r,
-    // placed at r's share of the bucket (geometrically, like the buckets).
+    // All-time figures come from the totals, the windows from the last 7 days' hours; the duration
+    // histogram comes back as two lists per endpoint and its quantiles are read in Rust (a window function
+    // over the buckets cost ~25 ms where the lists cost ~5).
     let sql = format!(
         "
         WITH tail AS (
             SELECT endpoint, coalesce(rule, '') AS rule, method, ts, duration_ms, status
             FROM requests WHERE id > {WATERMARK} AND endpoint IS NOT NULL
         ),
-        hours AS (
-            SELECT endpoint, rule, method, hour, hits, errors, last_ts FROM endpoint_hours
+        totals AS (
+            SELECT endpoint, rule, method, hits, errors, last_ts FROM endpoint_totals
             UNION ALL
-            SELECT endpoint, rule, method, date_trunc('hour', ts), count(*),
-                   count(*) FILTER (WHERE status >= 500), max(ts)
+            SELECT endpoint, rule, method, count(*), count(*) FILTER (WHERE status >= 500), max(ts)
             FROM tail GROUP BY ALL
+        ),
+        recent AS (
+            SELECT endpoint, rule, hour, hits FROM endpoint_hours WHERE hour >= $3
+            UNION ALL
+            SELECT endpoint, rule, date_trunc('hour', ts), 1 FROM tail
+        ),
+        windows AS (
+            SELECT endpoint, rule,
+                   coalesce(sum(hits) FILTER (WHERE hour >= $1), 0) AS hits_today,
+                   coalesce(sum(hits) FILTER (WHERE hour >= $3), 0) AS hits_7d
+            FROM recent GROUP BY endpoint, rule
         ),
         edge AS (
             SELECT endpoint, coalesce(rule, '') AS rule, count(*) AS hits FROM requests
@@ -257,43 +267,20 @@ pub fn endpoints(conn: &Connection, now: Micros) -> Result<Vec<EndpointRow>, Err
         seen AS (
             SELECT endpoint, rule,
                    CAST(sum(hits) AS UBIGINT) AS hits,
-                   CAST(coalesce(sum(hits) FILTER (WHERE hour >= $1), 0) AS UBIGINT) AS hits_today,
-                   CAST(coalesce(sum(hits) FILTER (WHERE hour >= $3), 0) AS UBIGINT) AS hits_7d,
                    CAST(sum(errors) AS DOUBLE) / CAST(sum(hits) AS DOUBLE) AS error_rate,
                    epoch_us(max(last_ts)) AS last_requested,
                    list_sort(list_distinct(list(method))) AS methods
-            FROM hours GROUP BY endpoint, rule
+            FROM totals GROUP BY endpoint, rule
         ),
         hist AS (
-            SELECT endpoint, rule, bucket, CAST(sum(hits) AS DOUBLE) AS c FROM (
-                SELECT endpoint, rule, bucket, hits FROM endpoint_durations
-                UNION ALL
-                SELECT endpoint, rule, {BUCKET}, 1 FROM tail
-            ) GROUP BY ALL
-        ),
-        cum AS (
-            SELECT endpoint, rule, bucket, c,
-                   sum(c) OVER (PARTITION BY endpoint, rule ORDER BY bucket) - c AS before,
-                   sum(c) OVER (PARTITION BY endpoint, rule) AS n
-            FROM hist
-        ),
-        ranks AS (
-            SELECT *, 0.5 * (n - 1) AS m, 0.9 * (n - 1) AS p,
-                   floor(0.5 * (n - 1)) AS m0, ceil(0.5 * (n - 1)) AS m1,
-                   floor(0.9 * (n - 1)) AS p0, ceil(0.9 * (n - 1)) AS p1
-            FROM cum
-        ),
-        at_rank AS (
-            SELECT endpoint, rule, any_value(m) AS m, any_value(p) AS p,
-                   any_value(m0) AS m0, any_value(p0) AS p0,
-                   {m0}, {m1}, {p0}, {p1}
-            FROM ranks GROUP BY endpoint, rule
-        ),
-        quantiles AS (
-            SELECT endpoint, rule,
-                   v_m0 + (m - m0) * (v_m1 - v_m0) AS median_ms,
-                   v_p0 + (p - p0) * (v_p1 - v_p0) AS p90_ms
-            FROM at_rank
+            SELECT endpoint, rule, list(bucket ORDER BY bucket) AS buckets, list(c ORDER BY bucket) AS counts
+            FROM (
+                SELECT endpoint, rule, bucket, CAST(sum(hits) AS UBIGINT) AS c FROM (
+                    SELECT endpoint, rule, bucket, hits FROM endpoint_duration_totals
+                    UNION ALL
+                    SELECT endpoint, rule, {BUCKET}, 1 FROM tail
+                ) GROUP BY ALL
+            ) GROUP BY endpoint, rule
         ),
         latest AS (
             SELECT endpoint, rule, methods,
@@ -305,23 +292,21 @@ pub fn endpoints(conn: &Connection, now: Micros) -> Result<Vec<EndpointRow>, Err
             FROM latest WHERE is_latest GROUP BY endpoint, rule
         ),
         counted AS (
-            SELECT s.endpoint, s.rule, s.methods, s.hits, s.hits_today,
-                   s.hits_7d + coalesce(e.hits, 0) AS hits_7d,
-                   q.median_ms, q.p90_ms, s.error_rate, s.last_requested
+            SELECT s.endpoint, s.rule, s.methods, s.hits,
+                   CAST(coalesce(w.hits_today, 0) AS UBIGINT) AS hits_today,
+                   coalesce(w.hits_7d, 0) + coalesce(e.hits, 0) AS hits_7d,
+                   h.buckets, h.counts, s.error_rate, s.last_requested
             FROM seen s
+            LEFT JOIN windows w ON s.endpoint = w.endpoint AND s.rule = w.rule
             LEFT JOIN edge e ON s.endpoint = e.endpoint AND s.rule = e.rule
-            LEFT JOIN quantiles q ON s.endpoint = q.endpoint AND s.rule = q.rule
+            LEFT JOIN hist h ON s.endpoint = h.endpoint AND s.rule = h.rule
         )
         SELECT coalesce(k.endpoint, s.endpoint) AS endpoint_, coalesce(k.rule, s.rule) AS rule_,
                coalesce(k.methods, s.methods), coalesce(s.hits, 0) AS hits_,
                coalesce(s.hits_today, 0), CAST(coalesce(s.hits_7d, 0) AS UBIGINT),
-               s.median_ms, s.p90_ms, s.error_rate, s.last_requested
+               s.buckets, s.counts, s.error_rate, s.last_requested
         FROM known k FULL OUTER JOIN counted s ON k.endpoint = s.endpoint AND k.rule = s.rule
-        ORDER BY hits_ DESC, endpoint_, rule_",
-        m0 = value_at_rank("m0", "v_m0"),
-        m1 = value_at_rank("m1", "v_m1"),
-        p0 = value_at_rank("p0", "v_p0"),
-        p1 = value_at_rank("p1", "v_p1"),
+        ORDER BY hits_ DESC, endpoint_, rule_"
     );
     let sql_err = |source| Error::Sql {
         what: "read endpoints",
@@ -336,6 +321,7 @@ pub fn endpoints(conn: &Connection, now: Micros) -> Result<Vec<EndpointRow>, Err
                 Value::Timestamp(TimeUnit::Microsecond, week_hour)
             ],
             |row| {
+                let histogram = histogram(row.get(6)?, row.get(7)?);
                 Ok(EndpointRow {
                     endpoint: row.get(0)?,
                     rule: row.get(1)?,
@@ -343,8 +329,8 @@ pub fn endpoints(conn: &Connection, now: Micros) -> Result<Vec<EndpointRow>, Err
                     hits: row.get(3)?,
                     hits_today: row.get(4)?,
                     hits_7d: row.get(5)?,
-                    median_ms: row.get(6)?,
-                    p90_ms: row.get(7)?,
+                    median_ms: quantile(&histogram, 0.5),
+                    p90_ms: quantile(&histogram, 0.9),
                     error_rate: row.get(8)?,
                     last_requested: row.get(9)?,
                     monitor_level: MONITOR_LEVEL,
@@ -355,15 +341,20 @@ pub fn endpoints(conn: &Connection, now: Micros) -> Result<Vec<EndpointRow>, Err
     rows.collect::<Result<_, _>>().map_err(sql_err)
 }
 
-/// The duration at the 0-based rank in column `rank`, as an aggregate over an endpoint's histogram
-/// rows named `name`: taken from the one bucket holding that rank (zero for the zero bucket).
-fn value_at_rank(rank: &str, name: &str) -> String {
-    format!(
-        "max(CASE WHEN before <= {rank} AND {rank} < before + c THEN \
-             CASE WHEN bucket = {ZERO_BUCKET} THEN 0.0 \
-                  ELSE pow(CAST({BUCKET_RATIO} AS DOUBLE), bucket + ({rank} - before + 0.5) / c) END \
-         END) AS {name}"
-    )
+/// The (bucket, hits) pairs of the `buckets` and `counts` lists; anything else (never produced by the
+/// query) gives none.
+fn histogram(buckets: Value, counts: Value) -> Vec<(i16, u64)> {
+    match (buckets, counts) {
+        (Value::List(buckets), Value::List(counts)) => buckets
+            .into_iter()
+            .zip(counts)
+            .filter_map(|pair| match pair {
+                (Value::SmallInt(bucket), Value::UBigInt(hits)) => Some((bucket, hits)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The strings of a `VARCHAR[]` value; anything else (never produced by the query) gives none.
@@ -1180,7 +1171,8 @@ mod tests {
                 .execute_batch(
                     "DROP TABLE endpoints; DROP TABLE attribution; DROP TABLE profile_samples; \
                      DROP TABLE profile_stacks; DROP TABLE profile_frames; DROP TABLE profiled_requests; \
-                     DROP TABLE endpoint_hours; DROP TABLE endpoint_durations; DROP TABLE rollup_state; \
+                     DROP TABLE endpoint_hours; DROP TABLE endpoint_durations; DROP TABLE endpoint_totals; \
+                     DROP TABLE endpoint_duration_totals; DROP TABLE rollup_state; \
                      UPDATE schema_version SET version = 1",
                 )
                 .expect("downgrade");
