@@ -1,12 +1,13 @@
 //! Per-endpoint rollups of the `requests` table, kept current by the store, so the endpoints overview
-//! reads a few rows per endpoint and hour instead of every request (its cost no longer grows with them).
+//! reads a few rows per endpoint (and per hour of the last 7 days) instead of every request: its cost no
+//! longer grows with the requests stored.
 //!
 //! - `endpoint_hours`: per (endpoint, rule, method, UTC hour): hits, 5xx errors, summed duration and the
 //!   latest request's start. Exact. Serves the time windows (today, 7 days; later an hourly heatmap).
 //! - `endpoint_durations`: per (endpoint, rule, UTC day, duration bucket): hits (for quantiles over a
 //!   time range). Bucket `b` holds the durations `d` (in ms) with `1.01^b <= d < 1.01^(b+1)`, i.e.
-//!   `b = floor(ln d / ln 1.01)`, and [`ZERO_BUCKET`] holds zero durations. A quantile is read from the
-//!   merged histogram, placing the requests of a bucket evenly (geometrically) inside it; the estimate
+//!   `b = floor(ln d / ln 1.01)` ([`BUCKET`]), and [`ZERO_BUCKET`] holds zero durations. [`quantile`]
+//!   reads one from a histogram, placing the requests of a bucket evenly (geometrically) inside it; the estimate
 //!   and the true value then lie in the same bucket, so **a median or p90 is within 1% (relative) of the
 //!   exact `quantile_cont`**, and exact when it is 0 (up to floating-point rounding at a bucket's edge).
 //! - `endpoint_totals` and `endpoint_duration_totals`: the same over all time (per method; per bucket),
