@@ -143,7 +143,7 @@ fn store(
             &settings.cap_s.to_string(),
         ]);
     if engine == "duckdb" {
-        if let Some(source) = schema_file(env) {
+        if let Some(source) = schema_file(env, &file) {
             cmd.arg("--schema-from").arg(source);
         }
     }
@@ -255,21 +255,16 @@ fn failed(e: &anyhow::Error) -> Timed {
     }
 }
 
-/// The schema the generated fmd store copies: a fresh file `fmd-daemon migrate` creates (exactly the
-/// measured binary's schema), else a store the daemon wrote earlier in this run (overhead or capacity).
-fn schema_file(env: &Env<'_>) -> Option<PathBuf> {
+/// Gives the fmd store the measured binary's schema. With `fmd-daemon migrate`, the daemon creates `db`
+/// itself (tables, indexes and whatever else its migrations make) and query_store.py fills it as it is:
+/// `None`. Otherwise the schema to copy from a store the daemon wrote earlier (overhead or capacity).
+fn schema_file(env: &Env<'_>, db: &Path) -> Option<PathBuf> {
     if env.features.migrate {
-        let fresh = env.work.join("queries-schema.duckdb");
-        remove_store(&fresh);
-        match command::output(
-            Command::new(env.daemon)
-                .arg("migrate")
-                .arg("--db")
-                .arg(&fresh),
-        ) {
-            Ok(_) => return Some(fresh),
+        match command::output(Command::new(env.daemon).arg("migrate").arg("--db").arg(db)) {
+            Ok(_) => return None,
             Err(e) => {
                 eprintln!("bench: cannot create an empty store with `fmd-daemon migrate`: {e:#}");
+                remove_store(db);
             }
         }
     }
