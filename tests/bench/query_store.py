@@ -1,20 +1,27 @@
 """Query-speed benchmark stores for `cargo xtask bench`: builds the same synthetic requests into an fmd
 DuckDB file or into Flask-MonitoringDashboard's SQLite schema, then times the dashboard's views on it and
-prints one JSON object, with a fingerprint of the data (hits of one endpoint, errors, versions) by which the
-harness checks that both stores hold the same requests.
+prints one JSON object, with a fingerprint of the data (hits of one endpoint, errors, versions, profiled
+requests and their total time) by which the harness checks that both stores hold the same requests.
 
     python query_store.py duckdb    --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 --cap-s 120 [--schema-from F]
     python query_store.py dashboard --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 --cap-s 120
 
 `duckdb` runs in the bench tools venv (the `duckdb` package at the daemon's libduckdb version) and fills the
-daemon's own `requests` table: --schema-from names a file fmd-daemon wrote earlier in the same benchmark run,
-whose tables and indexes are recreated empty, so the store has exactly the schema the daemon writes;
+daemon's own `requests` table: either --db is a file `fmd-daemon migrate` just created (empty, with the
+daemon's schema), or --schema-from names a file fmd-daemon wrote earlier in the same benchmark run, whose
+tables and indexes are recreated empty, so the store has exactly the schema the daemon writes;
 `dashboard` runs in the bench app venv and lets Flask-MonitoringDashboard create its tables and run
 its own view functions, so its side is timed exactly as the dashboard computes it.
 
 Row i is a pure function of i, written once per SQL dialect: endpoint, duration, time, version, user and
 status are integer hashes of i, so both stores hold the same data. Times are spread evenly over DAYS days
 ending at --start-epoch + DAYS days, versions follow time (v1 first), 1% of requests are errors.
+
+Every request of QUARTILE_ENDPOINT is profiled, with the call tree of one of PATHS code paths chosen by its
+number (see `call_trees`), time shared out in fixed per-mille parts of its duration: fmd stores it as stacks
+with sample weights (its profile tables), the dashboard as one StackLine per tree node with the node's
+inclusive time (its level-3 tables). The fmd side's grouped profile is timed by the harness through
+`fmd-daemon query grouped-profile --timing`; the dashboard's is its own `get_grouped_profiler`, timed here.
 """
 import argparse
 import json
@@ -27,8 +34,56 @@ ENDPOINTS = 200
 DAYS = 30
 VERSIONS = 20
 USERS = 5000
-# The endpoint whose per-version quartiles are timed.
+# The endpoint whose per-version quartiles are timed, and whose requests are all profiled.
 QUARTILE_ENDPOINT = 7
+# Distinct call trees among the profiled requests.
+PATHS = 5
+# The sampling period a sample count is derived from (100 Hz).
+SAMPLE_NS = 10_000_000
+
+
+def code_lines():
+    """Every code line of the synthetic app: (filename, line_number, function_name, code); frame ids and
+    CodeLine ids are positions in this list plus one."""
+    lines = [(f"/bench/lib/layer{k}.py", 10 + k, f"layer{k}", f"return layer{k + 1}(request)") for k in range(6)]
+    for p in range(PATHS):
+        depth = 10 + 2 * p
+        lines += [(f"/bench/app/path{p}.py", 10 * k, f"p{p}_step{k}", f"return p{p}_step{k + 1}(data)")
+                  for k in range(6, depth)]
+        lines += [(f"/bench/app/path{p}.py", 10 * depth + j, f"p{p}_step{depth - 1}", f"work_{j}(data)")
+                  for j in range(3)]
+    return lines
+
+
+def call_trees():
+    """Per code path, its call tree in pre-order as (indent, code line index, self per mille, inclusive per
+    mille): a trunk of 6 shared framework lines then 4 to 12 lines of its own (depth 10 to 18), the last of
+    which spends 10% of the request itself and calls three leaves (45%, 30%, 15%)."""
+    lines = code_lines()
+    trees = []
+    for p in range(PATHS):
+        depth = 10 + 2 * p
+        own = [i for i, (f, *_) in enumerate(lines) if f == f"/bench/app/path{p}.py"]
+        trunk = list(range(6)) + own[:depth - 6]
+        leaves = own[depth - 6:]
+        assert len(leaves) == 3 and all(lines[i][2] == f"p{p}_step{depth - 1}" for i in leaves)
+        tree = [(k, code, 100 if k == depth - 1 else 0, 1000) for k, code in enumerate(trunk)]
+        tree += [(depth, code, share, share) for code, share in zip(leaves, [450, 300, 150])]
+        trees.append(tree)
+    return trees
+
+
+def stacks():
+    """fmd's view of the trees: per path, each node with time of its own as (frame ids outermost first,
+    self per mille); stack ids are positions in the flattened list plus one."""
+    out = []
+    for p, tree in enumerate(call_trees()):
+        chain = []
+        for indent, code, own, _ in tree:
+            chain = chain[:indent] + [code + 1]
+            if own:
+                out.append((p, ",".join(map(str, chain)), own))
+    return out
 
 
 class OverCap(Exception):
@@ -68,6 +123,10 @@ def row_terms(n, div):
     return {
         "endpoint": e,
         "duration_ms": f"((1 + ({e} % 50) * 2) * (0.5 + (((i * 40503 + 12345) % 65536) % 1000) / 1000.0))",
+        # The same duration as an exact integer, for the profiles' per-mille shares.
+        "duration_us": f"((1 + ({e} % 50) * 2) * (500 + ((i * 40503 + 12345) % 65536) % 1000))",
+        # Requests in the same second get different threads, so (worker, thread, start) keys one request.
+        "tid": "(1000 + i % 1000)",
         "offset_s": f"((i * {DAYS * 86400}) {div} {n})",
         "version": f"(1 + (i * {VERSIONS}) {div} {n})",
         "user": f"((i * 48271) % {USERS})",
@@ -87,6 +146,19 @@ CREATE TABLE requests (
 );
 CREATE INDEX requests_ts ON requests (ts);
 CREATE INDEX requests_endpoint_ts ON requests (endpoint, ts);
+"""
+
+# The daemon's profile tables as of store schema version 3 (store/profiles.rs), for a schema source without them.
+FALLBACK_PROFILE_SCHEMA = """
+CREATE TABLE profile_frames (id BIGINT PRIMARY KEY, file VARCHAR NOT NULL, line INTEGER NOT NULL,
+    function VARCHAR NOT NULL, first_line INTEGER NOT NULL, source VARCHAR);
+CREATE TABLE profile_stacks (id BIGINT PRIMARY KEY, frames VARCHAR NOT NULL);
+CREATE TABLE profiled_requests (id BIGINT PRIMARY KEY, worker_pid UINTEGER NOT NULL, tid UINTEGER NOT NULL,
+    ts TIMESTAMP NOT NULL, duration_ns UBIGINT NOT NULL, path VARCHAR NOT NULL, endpoint VARCHAR,
+    samples UINTEGER NOT NULL, truncated BOOLEAN NOT NULL, gc_ns UBIGINT);
+CREATE INDEX profiled_requests_key ON profiled_requests (worker_pid, tid, ts);
+CREATE TABLE profile_samples (profile_id BIGINT NOT NULL, stack_id BIGINT NOT NULL, off_cpu BOOLEAN NOT NULL,
+    samples UINTEGER NOT NULL, weight_ns UBIGINT NOT NULL);
 """
 
 # Columns fmd's schema does not have yet: the app version and the user of a request.
@@ -121,6 +193,10 @@ def fmd_duckdb(args):
     if "requests" not in tables:
         con.execute(FALLBACK_SCHEMA)
         notes.append("no file written by fmd-daemon was at hand, so the bench's copy of store schema v1 was used")
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "profile_samples" not in tables:
+        con.execute(FALLBACK_PROFILE_SCHEMA)
+        notes.append("the daemon's schema has no profile tables, so the bench's copy of them was used")
     columns = {r[0] for r in con.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'").fetchall()}
     missing = [c for c in EXTRA_COLUMNS if c not in columns]
@@ -137,11 +213,12 @@ def fmd_duckdb(args):
                               endpoint, rule, app_version, user_id)
         SELECT i + 1, 1, make_timestamp(({args.start_epoch} + {t['offset_s']}) * 1000000),
                CAST({t['duration_ms']} * 1000000 AS UBIGINT), {t['duration_ms']}, 'GET',
-               '/e/' || {t['endpoint']}, NULL, 'HTTP/1.1', {t['status']}, 0, 100, '127.0.0.1', 1000, 1000,
+               '/e/' || {t['endpoint']}, NULL, 'HTTP/1.1', {t['status']}, 0, 100, '127.0.0.1', 1000, {t['tid']},
                'localhost', 'wrk', ''::BLOB, 'endpoint_' || {t['endpoint']}, '/e/' || {t['endpoint']},
                'v' || {t['version']}, 'user' || {t['user']}
         FROM range({args.rows}) r(i)
     """)
+    fill_duckdb_profiles(con, args, t)
     con.execute("CHECKPOINT")
     generate_s = time.perf_counter() - start
 
@@ -161,8 +238,51 @@ def fmd_duckdb(args):
     hits, errors, versions = con.execute(
         f"SELECT count(*) FILTER (WHERE endpoint = 'endpoint_{QUARTILE_ENDPOINT}'), "
         "count(*) FILTER (WHERE status >= 500), count(DISTINCT app_version) FROM requests").fetchone()
+    profiled, profiled_us = con.execute(
+        "SELECT (SELECT count(*) FROM profiled_requests), "
+        "(SELECT coalesce(sum(weight_ns), 0) // 1000 FROM profile_samples)").fetchone()
+    con.close()
     return {"rows": rows, "generate_s": generate_s, "schema_note": "; ".join(notes) or None, "views": timings,
-            "fingerprint": {"endpoint_hits": hits, "errors": errors, "versions": versions}}
+            "profile_endpoint": f"endpoint_{QUARTILE_ENDPOINT}",
+            "fingerprint": {"endpoint_hits": hits, "errors": errors, "versions": versions,
+                            "profiled_requests": profiled, "profiled_us": int(profiled_us)}}
+
+
+def fill_duckdb_profiles(con, args, t):
+    """The profiles of QUARTILE_ENDPOINT's requests in the daemon's profile tables, as its profile writer
+    stores them: deduplicated frames and stacks, one profiled_requests row keyed like the request, and one
+    samples row per stack with time of its own."""
+    con.executemany("INSERT INTO profile_frames VALUES (?, ?, ?, ?, ?, ?)",
+                    [(n + 1, f, ln, fn, ln, code) for n, (f, ln, fn, code) in enumerate(code_lines())])
+    own = stacks()
+    con.executemany("INSERT INTO profile_stacks VALUES (?, ?)",
+                    [(n + 1, frames) for n, (_, frames, _) in enumerate(own)])
+    con.execute("CREATE TEMP TABLE bench_stacks (path INTEGER, stack_id BIGINT, own INTEGER)")
+    con.executemany("INSERT INTO bench_stacks VALUES (?, ?, ?)",
+                    [(p, n + 1, share) for n, (p, _, share) in enumerate(own)])
+    # Profile ids are request ids; weights are exact integers (µs x per mille = ns).
+    con.execute(f"""
+        CREATE TEMP TABLE bench_profiled AS
+        SELECT i + 1 AS id, i, CAST({t['duration_us']} AS UBIGINT) AS duration_us,
+               make_timestamp(({args.start_epoch} + {t['offset_s']}) * 1000000) AS ts, {t['tid']} AS tid
+        FROM range({args.rows}) r(i) WHERE {t['endpoint']} = {QUARTILE_ENDPOINT}
+    """)
+    con.execute(f"""
+        INSERT INTO profile_samples (profile_id, stack_id, off_cpu, samples, weight_ns)
+        SELECT p.id, s.stack_id, false, greatest(1, p.duration_us * s.own // {SAMPLE_NS}), p.duration_us * s.own
+        FROM bench_profiled p JOIN bench_stacks s ON s.path = p.i % {PATHS}
+        ORDER BY p.id, s.stack_id
+    """)
+    con.execute(f"""
+        INSERT INTO profiled_requests (id, worker_pid, tid, ts, duration_ns, path, endpoint, samples, truncated,
+                                       gc_ns)
+        SELECT p.id, 1000, p.tid, p.ts, p.duration_us * 1000, '/e/{QUARTILE_ENDPOINT}',
+               'endpoint_{QUARTILE_ENDPOINT}', (SELECT sum(samples) FROM profile_samples WHERE profile_id = p.id),
+               false, NULL
+        FROM bench_profiled p ORDER BY p.id
+    """)
+    con.execute("DROP TABLE bench_profiled")
+    con.execute("DROP TABLE bench_stacks")
 
 
 def dashboard_sqlite(args):
@@ -181,6 +301,8 @@ def dashboard_sqlite(args):
     from flask_monitoringdashboard.database import Endpoint, Request, engine, session_scope
     from flask_monitoringdashboard.controllers.endpoints import get_endpoint_overview, get_endpoint_versions
     from flask_monitoringdashboard.controllers.requests import get_hourly_load
+    from flask_monitoringdashboard.controllers.profiler import get_grouped_profiler
+    from flask_monitoringdashboard.database import CodeLine, StackLine
 
     t = row_terms(args.rows, "/")
     start = time.perf_counter()
@@ -202,6 +324,7 @@ def dashboard_sqlite(args):
                'user' || {t['user']}, '127.0.0.1', {t['status']}
         FROM r
     """)
+    fill_dashboard_profiles(cur, CodeLine.__tablename__, StackLine.__tablename__, Request.__tablename__)
     raw.commit()
     generate_s = time.perf_counter() - start
 
@@ -223,14 +346,50 @@ def dashboard_sqlite(args):
         with session_scope() as session:
             get_endpoint_versions(session, QUARTILE_ENDPOINT + 1, versions)
 
+    grouped_requests = []
+
+    def grouped_profile():
+        # The dashboard's grouped profiler of one endpoint (its last 100 profiled requests).
+        with session_scope() as session:
+            table = get_grouped_profiler(session, QUARTILE_ENDPOINT + 1)
+        grouped_requests.append(table[0]["total_hits"] if table else 0)
+
     timings = {name: timed(fn, args) for name, fn in
-               [("overview", overview), ("heatmap", heatmap), ("version_quartiles", version_quartiles)]}
+               [("overview", overview), ("heatmap", heatmap), ("version_quartiles", version_quartiles),
+                ("grouped_profile", grouped_profile)]}
     rows = cur.execute(f"SELECT count(*) FROM {Request.__tablename__}").fetchone()[0]
     hits, errors, versions = cur.execute(
         f"SELECT sum(endpoint_id = {QUARTILE_ENDPOINT + 1}), sum(status_code >= 500), "
         f"count(DISTINCT version_requested) FROM {Request.__tablename__}").fetchone()
+    profiled, profiled_ms = cur.execute(
+        f"SELECT count(DISTINCT request_id), coalesce(sum(duration) FILTER (WHERE indent = 0), 0) "
+        f"FROM {StackLine.__tablename__}").fetchone()
     return {"rows": rows, "generate_s": generate_s, "schema_note": None, "views": timings,
-            "fingerprint": {"endpoint_hits": hits, "errors": errors, "versions": versions}}
+            "grouped_requests": grouped_requests[-1] if grouped_requests else None,
+            "fingerprint": {"endpoint_hits": hits, "errors": errors, "versions": versions,
+                            "profiled_requests": profiled, "profiled_us": round(profiled_ms * 1000)}}
+
+
+def fill_dashboard_profiles(cur, code_table, stack_table, request_table):
+    """The same profiles as the dashboard's level 3 stores them: one CodeLine per code line, and per profiled
+    request one StackLine per call-tree node, in pre-order, with its indent and inclusive time in ms."""
+    cur.executemany(f"INSERT INTO {code_table} (id, filename, line_number, function_name, code) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(n + 1, f, ln, fn, code) for n, (f, ln, fn, code) in enumerate(code_lines())])
+    cur.execute("CREATE TEMP TABLE bench_nodes (path INTEGER, position INTEGER, indent INTEGER, code_id INTEGER, "
+                "inclusive INTEGER)")
+    cur.executemany("INSERT INTO bench_nodes VALUES (?, ?, ?, ?, ?)",
+                    [(p, pos, indent, code + 1, inclusive) for p, tree in enumerate(call_trees())
+                     for pos, (indent, code, _, inclusive) in enumerate(tree)])
+    duration_us = row_terms(1, "/")["duration_us"]
+    cur.execute(f"""
+        INSERT INTO {stack_table} (request_id, position, indent, code_id, duration)
+        SELECT r.id, n.position, n.indent, n.code_id, ({duration_us}) * n.inclusive / 1000000.0
+        FROM (SELECT id, id - 1 AS i FROM {request_table} WHERE endpoint_id = {QUARTILE_ENDPOINT + 1}) r
+        JOIN bench_nodes n ON n.path = r.i % {PATHS}
+        ORDER BY r.id, n.position
+    """)
+    cur.execute("DROP TABLE bench_nodes")
 
 
 def main():

@@ -5,7 +5,7 @@ use std::{collections::HashMap, io, io::Write};
 
 use anyhow::bail;
 
-use super::query::{fetch, Fetched, Format, Source};
+use super::query::{fetch, Fetched, Format, Source, Stopwatch};
 use crate::store::{
     self,
     profiles::{FrameInfo, GroupedProfile, ProfileKey, RequestProfile},
@@ -98,8 +98,9 @@ pub fn run_profile(
     args: &ProfileArgs,
     format: Format,
     out: &mut dyn Write,
+    watch: &mut Stopwatch,
 ) -> anyhow::Result<()> {
-    let Some(p) = source.request_profile(args.request)? else {
+    let Some(p) = watch.time(|| source.request_profile(args.request))? else {
         bail!(
             "request {} has no profile (unknown id, or no samples: shorter than the sampling period, or the profiler \
              was off)",
@@ -114,8 +115,10 @@ pub fn run_grouped(
     args: &GroupedArgs,
     format: Format,
     out: &mut dyn Write,
+    watch: &mut Stopwatch,
 ) -> anyhow::Result<()> {
-    let p = source.grouped_profile(&args.key()?, args.limit)?;
+    let key = args.key()?;
+    let p = watch.time(|| source.grouped_profile(&key, args.limit))?;
     Ok(write_grouped(&p, format, out)?)
 }
 

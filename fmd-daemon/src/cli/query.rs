@@ -6,7 +6,7 @@ use std::{
     io::{self, BufReader, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -31,6 +31,10 @@ pub struct QueryArgs {
     /// Output format: aligned table, JSON (one object per line) or CSV with a header row.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub format: Format,
+    /// Print on stderr how long the query itself took (opening the store and writing the output
+    /// excluded), like psql's `\timing`.
+    #[arg(long, global = true)]
+    pub timing: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -96,35 +100,68 @@ pub enum Format {
 pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
     let source = Source::find(&args.db)?;
     let mut out = io::stdout().lock();
-    let written = match &args.command {
+    let mut watch = Stopwatch::default();
+    let result = match &args.command {
         QueryCommand::Requests(requests) => {
-            let rows = source.requests(&requests.filter(now_us())?)?;
-            write_requests(&rows, args.format, &mut out)
+            let filter = requests.filter(now_us())?;
+            let rows = watch.time(|| source.requests(&filter))?;
+            written(write_requests(&rows, args.format, &mut out), &mut out)
         }
         QueryCommand::Endpoints => {
-            let list = source.endpoints(now_us())?;
+            let list = watch.time(|| source.endpoints(now_us()))?;
             if args.format == Format::Table {
                 // Not part of the table, so `| sort` and friends see rows only.
                 let mut err = io::stderr().lock();
                 let _ = writeln!(err, "{}", super::describe_endpoints(&list));
             }
-            super::write_endpoints(&list.endpoints, args.format, &mut out)
-        }
-        QueryCommand::Stats => write_stats(&source.stats()?, args.format, &mut out),
-        QueryCommand::Profile(profile) => {
-            return finish(
-                super::profile::run_profile(&source, profile, args.format, &mut out),
+            written(
+                super::write_endpoints(&list.endpoints, args.format, &mut out),
                 &mut out,
             )
         }
-        QueryCommand::GroupedProfile(grouped) => {
-            return finish(
-                super::profile::run_grouped(&source, grouped, args.format, &mut out),
-                &mut out,
-            )
+        QueryCommand::Stats => {
+            let stats = watch.time(|| source.stats())?;
+            written(write_stats(&stats, args.format, &mut out), &mut out)
         }
+        QueryCommand::Profile(profile) => finish(
+            super::profile::run_profile(&source, profile, args.format, &mut out, &mut watch),
+            &mut out,
+        ),
+        QueryCommand::GroupedProfile(grouped) => finish(
+            super::profile::run_grouped(&source, grouped, args.format, &mut out, &mut watch),
+            &mut out,
+        ),
     };
-    match written.and_then(|()| out.flush()) {
+    if let (true, Ok(()), Some(took)) = (args.timing, &result, watch.took) {
+        let _ = writeln!(io::stderr().lock(), "{}", timing_line(took));
+    }
+    result
+}
+
+/// `--timing`: the time spent in the query calls, without opening the store or writing the output.
+#[derive(Debug, Default)]
+pub(super) struct Stopwatch {
+    took: Option<Duration>,
+}
+
+impl Stopwatch {
+    /// Runs `query`, adding its wall time to the total.
+    pub(super) fn time<T>(&mut self, query: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let answer = query();
+        self.took = Some(self.took.unwrap_or_default() + start.elapsed());
+        answer
+    }
+}
+
+/// The line `--timing` prints on stderr, in psql's words so scripts can parse it (`Time: 12.345 ms`).
+pub fn timing_line(took: Duration) -> String {
+    format!("Time: {:.3} ms", took.as_secs_f64() * 1000.0)
+}
+
+/// Ends a command that wrote plain `io` output.
+fn written(result: io::Result<()>, out: &mut dyn Write) -> anyhow::Result<()> {
+    match result.and_then(|()| out.flush()) {
         // `fmd-daemon query requests | head` closes the pipe early: not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write the output"),
@@ -639,6 +676,69 @@ symbols_unknown         7
             (args.command, args.format),
             (QueryCommand::Endpoints, Format::Json)
         ));
+    }
+
+    #[test]
+    fn timing_is_printed_in_psql_words() {
+        let check =
+            |took: Duration, expect: &str| assert_eq!(timing_line(took), expect, "{took:?}");
+        check(Duration::from_micros(12_345), "Time: 12.345 ms");
+        check(Duration::from_nanos(999), "Time: 0.001 ms");
+        check(Duration::from_secs(2), "Time: 2000.000 ms");
+    }
+
+    #[test]
+    fn stopwatch_adds_up_the_query_calls_only() {
+        let mut watch = Stopwatch::default();
+        assert_eq!(watch.took, None);
+        let nap = |ms| std::thread::sleep(Duration::from_millis(ms));
+        assert_eq!(
+            watch.time(|| {
+                nap(5);
+                7
+            }),
+            7
+        );
+        nap(50);
+        watch.time(|| nap(5));
+        let took = watch.took.expect("timed");
+        assert!(
+            took >= Duration::from_millis(10) && took < Duration::from_millis(50),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn timing_flag_goes_anywhere_after_query() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            query: Top,
+        }
+        #[derive(clap::Subcommand)]
+        enum Top {
+            Query(QueryArgs),
+        }
+        for (argv, expect) in [
+            (&["q", "query", "endpoints"][..], false),
+            (&["q", "query", "--timing", "endpoints"], true),
+            (
+                &[
+                    "q",
+                    "query",
+                    "grouped-profile",
+                    "--endpoint",
+                    "e",
+                    "--timing",
+                ],
+                true,
+            ),
+            (&["q", "query", "stats", "--db", "/x", "--timing"], true),
+        ] {
+            let Top::Query(args) = Cli::try_parse_from(argv).expect("parse").query;
+            assert_eq!(args.timing, expect, "{argv:?}");
+        }
     }
 
     /// What a running daemon does for the CLI: serve `store`'s API on loopback and announce it beside `db`.

@@ -27,6 +27,13 @@ pub struct Features {
     pub query_stats: bool,
     /// `query endpoints`: the daemon's own overview query, timed on the query benchmark's stores.
     pub query_endpoints: bool,
+    /// `query grouped-profile`: the daemon's own grouped profile, timed on the query benchmark's stores.
+    pub query_grouped_profile: bool,
+    /// `query --timing`: the daemon reports how long the query itself took, so the benchmark times the
+    /// daemon's code without its process start and store open.
+    pub query_timing: bool,
+    /// `migrate --db FILE`: applies pending migrations and builds the rollups the overview reads.
+    pub migrate: bool,
 }
 
 impl Features {
@@ -51,6 +58,9 @@ impl Features {
             level: lists_flag(top, "--level"),
             query_stats: lists_command(query, "stats"),
             query_endpoints: lists_command(query, "endpoints"),
+            query_grouped_profile: lists_command(query, "grouped-profile"),
+            query_timing: lists_flag(query, "--timing"),
+            migrate: lists_command(top, "migrate"),
         }
     }
 }
@@ -209,6 +219,20 @@ mod tests {
                 level: false,
                 query_stats: true,
                 query_endpoints: true,
+                ..Features::default()
+            },
+        );
+        check(
+            &format!("Commands:\n  query    Print what was recorded\n  migrate  Apply migrations\n{today}"),
+            Some(&format!(
+                "{query}  grouped-profile  Merged profile\n      --timing  Print how long\n"
+            )),
+            Features {
+                query_stats: true,
+                query_grouped_profile: true,
+                query_timing: true,
+                migrate: true,
+                ..Features::default()
             },
         );
         // A longer flag that merely starts with the name does not count, nor does a mention in prose.

@@ -178,7 +178,7 @@ pub fn run(args: &Args) -> Result<()> {
             tools_venv: &tools_venv,
             work: &work,
             daemon: &daemon,
-            query_endpoints: features.query_endpoints,
+            features: &features,
         };
         results.queries = queries::run(&env, &settings);
     }

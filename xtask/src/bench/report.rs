@@ -433,16 +433,38 @@ fn queries(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## 3. Query speed at scale\n");
     let _ = writeln!(
         md,
-        "The same synthetic requests (tests/bench/query_store.py: each row a pure function of its number, spread \
-         evenly over the days, versions following time, 1% errors) in an fmd DuckDB store with the daemon's schema \
-         and in Flask-MonitoringDashboard's SQLite schema, created by the dashboard itself with its indexes. fmd \
-         side: the benchmark's SQL through DuckDB's Python package at the daemon's libduckdb version (`overview`: \
-         hits, median and last request per endpoint; `heatmap`: requests per endpoint, day and hour; \
-         `version_quartiles`: duration quartiles per version of one endpoint), plus `overview_cli`, the \
-         daemon's own `fmd-daemon query endpoints` as a whole process, when the daemon has it. Dashboard side: \
-         its own view functions (`get_endpoint_overview`, `get_hourly_load` over all endpoints, its only \
-         day-by-hour view, and `get_endpoint_versions`), imported from the package and timed in-process. p50 of \
-         up to 5 runs; a view is repeated until 30 s are spent, and a single run is interrupted at the cap.\n"
+        "The same synthetic requests and profiles (tests/bench/query_store.py: each row a pure function of its \
+         number, spread evenly over the days, versions following time, 1% errors; every request of one endpoint \
+         profiled with one of 5 call trees 10 to 18 lines deep, its duration shared out over the tree in fixed \
+         parts) in an fmd DuckDB store with the daemon's schema (its profile tables: frames, stacks, samples with \
+         weights) and in Flask-MonitoringDashboard's SQLite schema (level 3: a `StackLine` per call-tree node \
+         with its inclusive time, referencing `CodeLine`), created by the dashboard itself with its indexes. A \
+         fingerprint (hits of the profiled endpoint, errors, versions, profiled requests and their total time) \
+         checks that both stores hold the same data. Once filled, the fmd store goes through `fmd-daemon migrate \
+         --db FILE` (pending migrations and the rollups the overview reads) when the daemon has that \
+         subcommand; its wall time is reported as the rollup build.\n"
+    );
+    let _ = writeln!(
+        md,
+        "fmd side:\n\n\
+         - `overview`: the daemon's own overview, `fmd-daemon query endpoints --timing` (per endpoint: hits over \
+         all time, today and the last 7 days, median and p90 duration, error rate, last request), the query \
+         time the daemon reports (opening the store and writing the output excluded);\n\
+         - `overview_cli`: the same command as a whole process, as a user runs it;\n\
+         - `heatmap` and `version_quartiles`: the benchmark's own SQL through DuckDB's Python package at the \
+         daemon's libduckdb version, since the daemon has no such views yet (requests per endpoint, day and \
+         hour; duration quartiles per version of one endpoint);\n\
+         - `grouped_profile`: the daemon's own `fmd-daemon query grouped-profile --endpoint E --limit {n} \
+         --timing`: the latest {n} profiled requests of the endpoint merged into one call tree with per-line \
+         totals and folded stacks, the query time the daemon reports.\n\n\
+         Dashboard side: its own view functions, imported from the package and timed in-process: \
+         `get_endpoint_overview`, `get_hourly_load` over all endpoints (its only day-by-hour view), \
+         `get_endpoint_versions`, and `get_grouped_profiler` (the latest {n} profiled requests of the endpoint, \
+         loaded with their stack lines and code lines and grouped by call path, with hits, total and standard \
+         deviation per line). A note in a cell says where a figure is something else (a daemon without \
+         `--timing`). p50 of up to 5 runs; a view is repeated until 30 s are spent, and a single run is \
+         interrupted at the cap.\n",
+        n = super::queries::GROUPED_REQUESTS
     );
     if let Some(note) = &q.note {
         let _ = writeln!(md, "{note}\n");
@@ -460,6 +482,7 @@ fn queries(md: &mut String, r: &Results) {
         if let Some(note) = &s.schema_note {
             let _ = writeln!(md, "{note}\n");
         }
+        let _ = writeln!(md, "{}\n", store_line(s));
         let _ = writeln!(
             md,
             "| View | fmd (DuckDB) p50 ms | Flask-MonitoringDashboard (SQLite) p50 ms | speed-up |"
@@ -480,6 +503,27 @@ fn queries(md: &mut String, r: &Results) {
         }
         let _ = writeln!(md);
     }
+}
+
+/// How long the stores took to fill and the rollups to build, and what is profiled.
+fn store_line(s: &super::results::QueryScale) -> String {
+    let secs = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |v| format!("{v:.1} s"));
+    let rollups = match (s.rollup_build_s, &s.rollup_note) {
+        (Some(v), _) => format!("{v:.1} s"),
+        (None, Some(note)) => note.clone(),
+        (None, None) => "not run".to_owned(),
+    };
+    let profiled = match (s.profiled_requests, &s.profile_endpoint) {
+        (Some(n), Some(e)) => format!("; profiled: every request of `{e}`, {}", thousands(n)),
+        (Some(n), None) => format!("; profiled requests: {}", thousands(n)),
+        _ => String::new(),
+    };
+    format!(
+        "Stores filled in {} (fmd) and {} (Flask-MonitoringDashboard); rollup build (`fmd-daemon migrate`): \
+         {rollups}{profiled}.",
+        secs(s.generate_s),
+        secs(s.dashboard_generate_s)
+    )
 }
 
 fn timing(t: &super::results::Timing) -> String {
@@ -803,6 +847,36 @@ mod tests {
             (10_000_000, "10,000,000"),
         ] {
             assert_eq!(thousands(n), expect);
+        }
+    }
+
+    #[test]
+    fn store_line_says_fill_rollup_and_profiles() {
+        let scale = |generate_s: Option<f64>,
+                     rollup_build_s: Option<f64>,
+                     rollup_note: Option<&str>,
+                     profiled: Option<u64>| QueryScale {
+            generate_s,
+            dashboard_generate_s: Some(20.04),
+            rollup_build_s,
+            rollup_note: rollup_note.map(str::to_owned),
+            profile_endpoint: profiled.map(|_| "endpoint_7".to_owned()),
+            profiled_requests: profiled,
+            ..QueryScale::default()
+        };
+        for (s, expect) in [
+            (
+                scale(Some(3.21), Some(0.46), None, Some(50_000)),
+                "Stores filled in 3.2 s (fmd) and 20.0 s (Flask-MonitoringDashboard); rollup build \
+                 (`fmd-daemon migrate`): 0.5 s; profiled: every request of `endpoint_7`, 50,000.",
+            ),
+            (
+                scale(None, None, Some("not built: no migrate"), None),
+                "Stores filled in ? (fmd) and 20.0 s (Flask-MonitoringDashboard); rollup build \
+                 (`fmd-daemon migrate`): not built: no migrate.",
+            ),
+        ] {
+            assert_eq!(store_line(&s), expect);
         }
     }
 }

@@ -140,6 +140,17 @@ pub struct QueryScale {
     /// How the generated fmd store differs from the daemon's own schema, if at all.
     pub schema_note: Option<String>,
     pub views: Vec<ViewTiming>,
+    /// Seconds to fill the fmd store (requests and profiles), before `rollup_build_s`.
+    pub generate_s: Option<f64>,
+    /// Seconds to fill the dashboard's store (requests and profiles).
+    pub dashboard_generate_s: Option<f64>,
+    /// Seconds `fmd-daemon migrate --db FILE` took on the filled fmd store (pending migrations and the
+    /// overview's rollups); `None` when the daemon has no `migrate` or it failed (`rollup_note` says).
+    pub rollup_build_s: Option<f64>,
+    pub rollup_note: Option<String>,
+    /// The endpoint whose requests are all profiled, and how many they are (the same in both stores).
+    pub profile_endpoint: Option<String>,
+    pub profiled_requests: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
