@@ -173,7 +173,7 @@ fn spawn_with(
         pending: Vec::new(),
         max_pending,
         counters: BTreeMap::new(),
-        counters_dirty: false,
+        counters_written: BTreeMap::new(),
         endpoints: PendingEndpoints::default(),
         report: WriterReport {
             run_id,
@@ -192,8 +192,9 @@ struct Writer {
     next_id: i64,
     pending: Vec<Request>,
     max_pending: usize,
+    /// The latest value of every counter, and the values the store holds: only changes are written.
     counters: BTreeMap<String, i64>,
-    counters_dirty: bool,
+    counters_written: BTreeMap<String, i64>,
     endpoints: PendingEndpoints,
     report: WriterReport,
 }
@@ -218,7 +219,6 @@ impl Writer {
                 }
                 Ok(Some(Message::Counters(values))) => {
                     self.counters.extend(values);
-                    self.counters_dirty = true;
                 }
                 Ok(Some(Message::Routes(routes))) => self.endpoints.routes(now_us(), routes),
                 Ok(Some(Message::Attribution { mode, rules })) => {
@@ -260,12 +260,18 @@ impl Writer {
             self.report.rows_written += rows as u64;
             self.pending.clear();
         }
-        if self.counters_dirty {
-            let values = self.counters.iter().map(|(k, v)| (k.as_str(), *v));
+        let changed: Vec<(String, i64)> = self
+            .counters
+            .iter()
+            .filter(|&(k, v)| self.counters_written.get(k) != Some(v))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if !changed.is_empty() {
+            let values = changed.iter().map(|(k, v)| (k.as_str(), *v));
             if let Err(e) = set_counters(conn, self.report.run_id, values) {
                 return Err(self.failed(e));
             }
-            self.counters_dirty = false;
+            self.counters_written.extend(changed);
         }
         if let Err(e) = self.endpoints.write(conn, self.report.run_id) {
             return Err(self.failed(e));
@@ -301,7 +307,6 @@ impl Writer {
     fn set_own_counter(&mut self, name: &str, value: u64) {
         self.counters
             .insert(name.to_owned(), i64::try_from(value).unwrap_or(i64::MAX));
-        self.counters_dirty = true;
     }
 
     /// The last writes on stop: retried a little, then the run's end is recorded and the WAL checkpointed
