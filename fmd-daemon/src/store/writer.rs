@@ -11,12 +11,11 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    append_requests,
     endpoints::{modes, set_attribution, PendingEndpoints},
-    requests::next_request_id,
+    requests::{append_rows, next_request_id},
     stats::{begin_run, end_run, names, set_counters, RunInfo},
     time::now_us,
-    Error, Store,
+    transaction, Error, Store,
 };
 use crate::{flask::RouteInfo, request::Request};
 
@@ -247,30 +246,33 @@ impl Writer {
         }
     }
 
-    /// Writes pending requests, changed counters, route tables and the attribution mode.
+    /// Writes pending requests and changed counters in one transaction (a commit is the costly part of a
+    /// small write), then route tables and the attribution mode.
     fn write(&mut self) -> Result<(), Error> {
         let conn = self.store.connection();
-        if !self.pending.is_empty() {
-            let _span = tracing::debug_span!("flush", rows = self.pending.len()).entered();
-            if let Err(e) = append_requests(conn, self.report.run_id, self.next_id, &self.pending) {
-                return Err(self.failed(e));
-            }
-            let rows = self.pending.len();
-            self.next_id += rows as i64;
-            self.report.rows_written += rows as u64;
-            self.pending.clear();
-        }
         let changed: Vec<(String, i64)> = self
             .counters
             .iter()
             .filter(|&(k, v)| self.counters_written.get(k) != Some(v))
             .map(|(k, v)| (k.clone(), *v))
             .collect();
-        if !changed.is_empty() {
-            let values = changed.iter().map(|(k, v)| (k.as_str(), *v));
-            if let Err(e) = set_counters(conn, self.report.run_id, values) {
+        if !self.pending.is_empty() || !changed.is_empty() {
+            let _span = tracing::debug_span!("flush", rows = self.pending.len()).entered();
+            let (run_id, next_id) = (self.report.run_id, self.next_id);
+            let pending = &self.pending;
+            let written = transaction(conn, || {
+                if !pending.is_empty() {
+                    append_rows(conn, run_id, next_id, pending)?;
+                }
+                set_counters(conn, run_id, changed.iter().map(|(k, v)| (k.as_str(), *v)))
+            });
+            if let Err(e) = written {
                 return Err(self.failed(e));
             }
+            let rows = self.pending.len();
+            self.next_id += rows as i64;
+            self.report.rows_written += rows as u64;
+            self.pending.clear();
             self.counters_written.extend(changed);
         }
         if let Err(e) = self.endpoints.write(conn, self.report.run_id) {
@@ -354,7 +356,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{counters, requests, test_support::request, RequestFilter};
+    use crate::store::{append_requests, counters, requests, test_support::request, RequestFilter};
 
     fn run_info() -> RunInfo {
         RunInfo {
