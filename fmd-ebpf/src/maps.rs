@@ -9,9 +9,11 @@ use fmd_common::{
     BpfConfig,
 };
 
-/// Records for the daemon. 16 MiB holds about a second of a heavy load's records, should the daemon stall.
+/// Records for the daemon. The daemon drains it every 20 ms and is woken once 1 MiB waits; 8 MiB holds
+/// ~140 ms of the heaviest load measured (the capacity benchmark's ~58 MB/s of records). Not larger: the
+/// kernel maps the data area twice, so the daemon's RSS carries twice this size.
 #[map]
-pub static FMD_EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub static FMD_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// `tgid -> role`, written by the daemon (and by `fmd_process_fork` for a master's new workers).
 #[map]
