@@ -24,6 +24,14 @@ pub static FMD_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static FMD_CONNS: HashMap<ConnKey, Conn> = HashMap::with_max_entries(65536, 0);
 
+/// Threads of watched workers between reading a request's bytes and closing the connection or accepting
+/// the next one: only their switch-outs have their stacks walked in wall-clock mode, so a sync worker
+/// waiting for its next connection costs no walk (the daemon would drop that wait anyway). A gthread
+/// worker's pool threads never accept, so they stay marked once they served (their waits are still
+/// walked, as before this table).
+#[map]
+pub static FMD_SERVING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
 #[map]
 pub static FMD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fmd_common::stats::COUNT, 0);
 
