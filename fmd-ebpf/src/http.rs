@@ -19,7 +19,10 @@ use fmd_common::{
     stats, ROLE_WORKER,
 };
 
-use crate::maps::{count, role, FMD_CONNS, FMD_EVENTS, FMD_SCRATCH};
+use crate::{
+    maps::{count, role, FMD_CONNS, FMD_EVENTS, FMD_SCRATCH, FMD_SERVING},
+    sampler::wall_clock,
+};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -158,6 +161,9 @@ fn exit_data(ctx: &TracePointContext, event_kind: u32) {
     let Some(conn) = conn((id >> 32) as u32, pending.fd) else {
         return;
     };
+    if event_kind == kind::READ && wall_clock() {
+        let _ = FMD_SERVING.insert(&(id as u32), &1, 0);
+    }
     send_data(event_kind, id, &pending, conn.conn_ts, ret as u64);
 }
 
@@ -233,6 +239,8 @@ fn enter_accept(ctx: &TracePointContext) {
     if !is_worker(id) {
         return;
     }
+    // Back to waiting for a connection: not serving a request any more.
+    let _ = FMD_SERVING.remove(&(id as u32));
     let pending = Pending {
         fd: -1,
         how: HOW_ACCEPT,
@@ -309,6 +317,7 @@ fn enter_end(ctx: &TracePointContext, event_kind: u32) {
     };
     if event_kind == kind::CLOSE {
         let _ = FMD_CONNS.remove(&ConnKey { tgid, fd });
+        let _ = FMD_SERVING.remove(&(id as u32));
     }
     send_header(&header(event_kind, id, fd, conn.conn_ts, 0, 0));
 }

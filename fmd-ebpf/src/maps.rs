@@ -9,9 +9,11 @@ use fmd_common::{
     BpfConfig,
 };
 
-/// Records for the daemon. 16 MiB holds about a second of a heavy load's records, should the daemon stall.
+/// Records for the daemon. The daemon drains it every 20 ms and is woken once 1 MiB waits; 8 MiB holds
+/// ~140 ms of the heaviest load measured (the capacity benchmark's ~58 MB/s of records). Not larger: the
+/// kernel maps the data area twice, so the daemon's RSS carries twice this size.
 #[map]
-pub static FMD_EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub static FMD_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// `tgid -> role`, written by the daemon (and by `fmd_process_fork` for a master's new workers).
 #[map]
@@ -21,6 +23,14 @@ pub static FMD_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 /// (database, HTTP clients) never look like served requests.
 #[map]
 pub static FMD_CONNS: HashMap<ConnKey, Conn> = HashMap::with_max_entries(65536, 0);
+
+/// Threads of watched workers between reading a request's bytes and closing the connection or accepting
+/// the next one: only their switch-outs have their stacks walked in wall-clock mode, so a sync worker
+/// waiting for its next connection costs no walk (the daemon would drop that wait anyway). A gthread
+/// worker's pool threads never accept, so they stay marked once they served (their waits are still
+/// walked, as before this table).
+#[map]
+pub static FMD_SERVING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 pub static FMD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fmd_common::stats::COUNT, 0);

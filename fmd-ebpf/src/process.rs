@@ -8,7 +8,7 @@ use fmd_common::{http::kind, ROLE_MASTER, ROLE_WORKER};
 
 use crate::{
     http::{header, send_header},
-    maps::{config, role, FMD_PIDS},
+    maps::{config, role, FMD_PIDS, FMD_SERVING},
 };
 
 /// `sched_process_fork` runs in the parent. Thread creation fires it too; the daemon drops children that
@@ -38,7 +38,12 @@ pub fn fmd_process_fork(ctx: TracePointContext) -> u32 {
 pub fn fmd_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if id as u32 != tgid || role(tgid).is_none() {
+    if role(tgid).is_none() {
+        return 0;
+    }
+    // Any thread of a worker: its tid may be reused by an unrelated thread.
+    let _ = FMD_SERVING.remove(&(id as u32));
+    if id as u32 != tgid {
         return 0;
     }
     let _ = FMD_PIDS.remove(&tgid);

@@ -21,7 +21,7 @@ use fmd_common::{
 
 use crate::{
     http::{header, ring_flags},
-    maps::{count, role, FMD_EVENTS},
+    maps::{count, role, FMD_EVENTS, FMD_SERVING},
 };
 
 /// Sends a header-only record; like every record, it does not wake the daemon (see `http::ring_flags`).
@@ -45,6 +45,12 @@ static FMD_PYLAYOUTS: HashMap<u32, PyLayout> = HashMap::with_max_entries(4096, 0
 
 #[map]
 static FMD_SAMPLER_CONFIG: Array<SamplerConfig> = Array::with_max_entries(1, 0);
+
+/// Whether off-CPU stacks are taken (wall-clock mode), for the HTTP programs that keep `FMD_SERVING`.
+#[inline(always)]
+pub(crate) fn wall_clock() -> bool {
+    FMD_SAMPLER_CONFIG.get(0).is_some_and(|c| c.wall != 0)
+}
 
 /// `tid -> when it was switched out` for threads whose off-CPU stack was sent.
 #[map]
@@ -95,6 +101,10 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), ()> {
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     if tid == 0 {
+        return Ok(());
+    }
+    // SAFETY: only the key's presence is read.
+    if unsafe { FMD_SERVING.get(&tid) }.is_none() {
         return Ok(());
     }
     let ts = try_sample(id, FLAG_OFF_CPU, SLOT_SWITCH)?;

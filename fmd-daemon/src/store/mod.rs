@@ -193,6 +193,32 @@ impl Store {
     }
 }
 
+/// Runs `f` in one transaction: committed when it succeeds, rolled back when it or the commit fails, so
+/// what `f` wrote is stored whole or not at all (and can be retried as is).
+pub(crate) fn transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce() -> Result<T, Error>,
+) -> Result<T, Error> {
+    conn.execute_batch("BEGIN TRANSACTION")
+        .map_err(|source| Error::Sql {
+            what: "begin a transaction",
+            source,
+        })?;
+    let done = f().and_then(|value| {
+        conn.execute_batch("COMMIT")
+            .map(|()| value)
+            .map_err(|source| Error::Sql {
+                what: "commit",
+                source,
+            })
+    });
+    if done.is_err() {
+        // Best effort: the first error is the one to report, and a failed commit has nothing to undo.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done
+}
+
 fn open_connection(path: &Path, mode: AccessMode) -> Result<Connection, Error> {
     let open = || {
         // No extension downloads: the daemon runs offline and needs none.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     time::{serde_us, Micros},
-    Error,
+    transaction, Error,
 };
 use crate::request::Request;
 
@@ -135,11 +135,16 @@ pub fn append_requests(
     first_id: i64,
     batch: &[Request],
 ) -> Result<(), Error> {
-    let sql_err = |source| Error::Sql {
-        what: "append requests",
-        source,
-    };
-    conn.execute_batch("BEGIN TRANSACTION").map_err(sql_err)?;
+    transaction(conn, || append_rows(conn, run_id, first_id, batch))
+}
+
+/// Appends `batch` with ids `first_id..` inside the caller's transaction (see [`transaction`]).
+pub(super) fn append_rows(
+    conn: &Connection,
+    run_id: i64,
+    first_id: i64,
+    batch: &[Request],
+) -> Result<(), Error> {
     let appended = (|| {
         let mut appender = conn.appender("requests")?;
         for (id, r) in (first_id..).zip(batch) {
@@ -169,14 +174,10 @@ pub fn append_requests(
         }
         appender.flush()
     })();
-    match appended.and_then(|()| conn.execute_batch("COMMIT")) {
-        Ok(()) => Ok(()),
-        Err(source) => {
-            // Best effort: the append's own error is the one to report.
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(sql_err(source))
-        }
-    }
+    appended.map_err(|source| Error::Sql {
+        what: "append requests",
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use duckdb::{
-    params,
+    params, params_from_iter,
     types::{TimeUnit, Value},
     Connection,
 };
@@ -93,24 +93,39 @@ pub fn end_run(conn: &Connection, run_id: i64, stopped_at: Micros) -> Result<(),
     })
 }
 
-/// Sets the run's running totals for the named counters, leaving others as they are.
+/// Sets the run's running totals for the named counters, leaving others as they are. One statement, so
+/// one commit: the writer calls this every second, and a commit per counter cost more than the requests.
 pub fn set_counters<'a>(
     conn: &Connection,
     run_id: i64,
     values: impl IntoIterator<Item = (&'a str, i64)>,
 ) -> Result<(), Error> {
-    let sql_err = |source| Error::Sql {
+    // One row per name (the last value given wins): a statement may not update a row twice.
+    let latest: BTreeMap<&str, i64> = values.into_iter().collect();
+    let mut params = Vec::new();
+    for (name, value) in latest {
+        params.extend([
+            Value::BigInt(run_id),
+            Value::Text(name.to_owned()),
+            Value::BigInt(value),
+        ]);
+    }
+    if params.is_empty() {
+        return Ok(());
+    }
+    let rows = vec!["(?, ?, ?)"; params.len() / 3].join(", ");
+    conn.execute(
+        &format!(
+            "INSERT INTO counters (run_id, name, value) VALUES {rows} \
+             ON CONFLICT DO UPDATE SET value = excluded.value"
+        ),
+        params_from_iter(params),
+    )
+    .map(drop)
+    .map_err(|source| Error::Sql {
         what: "store counters",
         source,
-    };
-    let mut stmt = conn
-        .prepare("INSERT INTO counters (run_id, name, value) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET value = excluded.value")
-        .map_err(sql_err)?;
-    for (name, value) in values {
-        stmt.execute(params![run_id, name, value])
-            .map_err(sql_err)?;
-    }
-    Ok(())
+    })
 }
 
 /// One run's counters by name.

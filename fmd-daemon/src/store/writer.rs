@@ -11,13 +11,12 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    append_requests,
     endpoints::{modes, set_attribution, PendingEndpoints},
-    requests::next_request_id,
+    requests::{append_rows, next_request_id},
     rollup::catch_up,
     stats::{begin_run, end_run, names, set_counters, RunInfo},
     time::now_us,
-    Error, Store,
+    transaction, Error, Store,
 };
 use crate::{flask::RouteInfo, request::Request};
 
@@ -174,7 +173,7 @@ fn spawn_with(
         pending: Vec::new(),
         max_pending,
         counters: BTreeMap::new(),
-        counters_dirty: false,
+        counters_written: BTreeMap::new(),
         endpoints: PendingEndpoints::default(),
         rollup_behind: false,
         report: WriterReport {
@@ -194,8 +193,9 @@ struct Writer {
     next_id: i64,
     pending: Vec<Request>,
     max_pending: usize,
+    /// The latest value of every counter, and the values the store holds: only changes are written.
     counters: BTreeMap<String, i64>,
-    counters_dirty: bool,
+    counters_written: BTreeMap<String, i64>,
     endpoints: PendingEndpoints,
     /// Requests were appended since the last successful [`catch_up`].
     rollup_behind: bool,
@@ -222,7 +222,6 @@ impl Writer {
                 }
                 Ok(Some(Message::Counters(values))) => {
                     self.counters.extend(values);
-                    self.counters_dirty = true;
                 }
                 Ok(Some(Message::Routes(routes))) => self.endpoints.routes(now_us(), routes),
                 Ok(Some(Message::Attribution { mode, rules })) => {
@@ -251,27 +250,36 @@ impl Writer {
         }
     }
 
-    /// Writes pending requests, changed counters, route tables and the attribution mode, then rolls up
-    /// the new requests (retried with the next write when that fails; readers count them meanwhile).
+    /// Writes pending requests and changed counters in one transaction (a commit is the costly part of a
+    /// small write), then route tables and the attribution mode, then rolls up the new requests (retried
+    /// with the next write when that fails; readers count them meanwhile).
     fn write(&mut self) -> Result<(), Error> {
         let conn = self.store.connection();
-        if !self.pending.is_empty() {
+        let changed: Vec<(String, i64)> = self
+            .counters
+            .iter()
+            .filter(|&(k, v)| self.counters_written.get(k) != Some(v))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        if !self.pending.is_empty() || !changed.is_empty() {
             let _span = tracing::debug_span!("flush", rows = self.pending.len()).entered();
-            if let Err(e) = append_requests(conn, self.report.run_id, self.next_id, &self.pending) {
+            let (run_id, next_id) = (self.report.run_id, self.next_id);
+            let pending = &self.pending;
+            let written = transaction(conn, || {
+                if !pending.is_empty() {
+                    append_rows(conn, run_id, next_id, pending)?;
+                }
+                set_counters(conn, run_id, changed.iter().map(|(k, v)| (k.as_str(), *v)))
+            });
+            if let Err(e) = written {
                 return Err(self.failed(e));
             }
             let rows = self.pending.len();
             self.next_id += rows as i64;
             self.report.rows_written += rows as u64;
             self.pending.clear();
-            self.rollup_behind = true;
-        }
-        if self.counters_dirty {
-            let values = self.counters.iter().map(|(k, v)| (k.as_str(), *v));
-            if let Err(e) = set_counters(conn, self.report.run_id, values) {
-                return Err(self.failed(e));
-            }
-            self.counters_dirty = false;
+            self.counters_written.extend(changed);
+            self.rollup_behind = rows > 0 || self.rollup_behind;
         }
         if let Err(e) = self.endpoints.write(conn, self.report.run_id) {
             return Err(self.failed(e));
@@ -314,7 +322,6 @@ impl Writer {
     fn set_own_counter(&mut self, name: &str, value: u64) {
         self.counters
             .insert(name.to_owned(), i64::try_from(value).unwrap_or(i64::MAX));
-        self.counters_dirty = true;
     }
 
     /// The last writes on stop: retried a little, then the run's end is recorded and the WAL checkpointed
@@ -362,7 +369,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{counters, requests, test_support::request, RequestFilter};
+    use crate::store::{append_requests, counters, requests, test_support::request, RequestFilter};
 
     fn run_info() -> RunInfo {
         RunInfo {
