@@ -22,6 +22,10 @@ use crate::{flask::RouteInfo, request::Request};
 
 /// Longest time a received request waits before it is written.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest time written requests wait to be rolled up. Readers count the not-yet-rolled-up tail from the
+/// requests themselves, so this trades a little read time for the writer's: a catch-up has a fixed cost of
+/// several statements, which at every flush was as much CPU as writing the requests.
+const ROLLUP_INTERVAL: Duration = Duration::from_secs(10);
 /// Pending requests that trigger a write before the interval is up.
 const BATCH_ROWS: usize = 4_096;
 /// Requests kept for retry while writes fail (about a minute at a busy site's rate); the oldest beyond
@@ -116,8 +120,8 @@ impl WriterHandle {
             .map_err(|_| Error::WriterGone)
     }
 
-    /// Writes everything queued before this call; the error is the write's when it failed (the rows are
-    /// kept and retried).
+    /// Writes everything queued before this call and rolls it up; the error is the write's when it
+    /// failed (the rows are kept and retried).
     pub async fn flush(&self) -> Result<(), Error> {
         let (ack, done) = oneshot::channel();
         self.tx
@@ -176,6 +180,8 @@ fn spawn_with(
         counters_written: BTreeMap::new(),
         endpoints: PendingEndpoints::default(),
         rollup_behind: false,
+        last_rollup: Instant::now(),
+        roll_up_now: false,
         report: WriterReport {
             run_id,
             ..WriterReport::default()
@@ -199,6 +205,9 @@ struct Writer {
     endpoints: PendingEndpoints,
     /// Requests were appended since the last successful [`catch_up`].
     rollup_behind: bool,
+    last_rollup: Instant,
+    /// Set for an explicit flush and for the last write: they roll up too.
+    roll_up_now: bool,
     report: WriterReport,
 }
 
@@ -228,8 +237,11 @@ impl Writer {
                     self.endpoints.mode(now_us(), mode, rules);
                 }
                 Ok(Some(Message::Flush(ack))) => {
+                    self.roll_up_now = true;
+                    let result = self.write();
+                    self.roll_up_now = false;
                     // The requester may have gone away; nothing to do about it.
-                    let _ = ack.send(self.write());
+                    let _ = ack.send(result);
                     last_write = Instant::now();
                     continue;
                 }
@@ -284,12 +296,14 @@ impl Writer {
         if let Err(e) = self.endpoints.write(conn, self.report.run_id) {
             return Err(self.failed(e));
         }
-        if self.rollup_behind {
+        if self.rollup_behind && (self.last_rollup.elapsed() >= ROLLUP_INTERVAL || self.roll_up_now)
+        {
             let _span = tracing::debug_span!("rollup").entered();
             if let Err(e) = catch_up(conn) {
                 return Err(self.failed(e));
             }
             self.rollup_behind = false;
+            self.last_rollup = Instant::now();
         }
         Ok(())
     }
@@ -327,6 +341,8 @@ impl Writer {
     /// The last writes on stop: retried a little, then the run's end is recorded and the WAL checkpointed
     /// so readers opening the file find everything in it.
     fn finish(mut self) -> WriterReport {
+        // Leave the store rolled up, so readers of the file need not scan a tail.
+        self.roll_up_now = true;
         for attempt in 1..=STOP_ATTEMPTS {
             if self.write().is_ok() {
                 break;
