@@ -193,6 +193,24 @@ impl Store {
     }
 }
 
+/// Niceness of the threads that write DuckDB. Their work comes in bursts (a flush a second, a checkpoint
+/// now and then) that can wait; at the default priority a burst takes a core from the monitored app and
+/// shows in its tail latency. Capture itself keeps the default priority: it must keep the ring buffer
+/// drained.
+const WRITER_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's priority to [`WRITER_NICE`] (on Linux, `setpriority` with who = 0 acts on
+/// the calling thread). Failure only costs the app a little latency: logged, never fatal.
+pub(crate) fn lower_writer_priority() {
+    // SAFETY: no pointers; sets the calling thread's nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the store writer's priority"
+        );
+    }
+}
+
 /// Runs `f` in one transaction: committed when it succeeds, rolled back when it or the commit fails, so
 /// what `f` wrote is stored whole or not at all (and can be retried as is).
 pub(crate) fn transaction<T>(

@@ -284,7 +284,10 @@ pub fn spawn_profile_writer(conn: Connection) -> Result<(ProfileSink, JoinHandle
     let (tx, rx) = sync_channel(256);
     let handle = std::thread::Builder::new()
         .name("fmd-profile-writer".into())
-        .spawn(move || write_loop(&conn, dedup, &rx))
+        .spawn(move || {
+            super::lower_writer_priority();
+            write_loop(&conn, dedup, &rx)
+        })
         .map_err(Error::WriterSpawn)?;
     Ok((ProfileSink { tx }, handle))
 }

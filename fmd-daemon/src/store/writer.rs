@@ -189,7 +189,10 @@ fn spawn_with(
     };
     let thread = std::thread::Builder::new()
         .name("fmd-store".into())
-        .spawn(move || writer.run(&runtime, rx))
+        .spawn(move || {
+            super::lower_writer_priority();
+            writer.run(&runtime, rx)
+        })
         .map_err(Error::WriterSpawn)?;
     Ok((WriterHandle { tx, run_id }, thread))
 }
