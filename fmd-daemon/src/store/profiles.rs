@@ -286,7 +286,7 @@ pub fn spawn_profile_writer(conn: Connection) -> Result<(ProfileSink, JoinHandle
         .name("fmd-profile-writer".into())
         .spawn(move || {
             super::lower_writer_priority();
-            write_loop(&conn, dedup, &rx)
+            write_loop(&conn, dedup, &rx);
         })
         .map_err(Error::WriterSpawn)?;
     Ok((ProfileSink { tx }, handle))
