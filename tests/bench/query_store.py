@@ -7,9 +7,9 @@ requests and their total time) by which the harness checks that both stores hold
     python query_store.py dashboard --db FILE --rows N --start-epoch S --runs 5 --budget-s 60 --cap-s 120
 
 `duckdb` runs in the bench tools venv (the `duckdb` package at the daemon's libduckdb version) and fills the
-daemon's own `requests` table: either --db is a file `fmd-daemon migrate` just created (empty, with the
-daemon's schema), or --schema-from names a file fmd-daemon wrote earlier in the same benchmark run, whose
-tables and indexes are recreated empty, so the store has exactly the schema the daemon writes;
+daemon's own tables: --schema-from names a file fmd-daemon wrote earlier in the same benchmark run, whose
+tables and indexes are recreated empty, so the store has exactly the schema the daemon writes (the harness
+then runs `fmd-daemon migrate` on the filled file to build its rollups);
 `dashboard` runs in the bench app venv and lets Flask-MonitoringDashboard create its tables and run
 its own view functions, so its side is timed exactly as the dashboard computes it.
 

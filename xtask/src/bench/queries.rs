@@ -143,7 +143,9 @@ fn store(
             &settings.cap_s.to_string(),
         ]);
     if engine == "duckdb" {
-        if let Some(source) = schema_file(env, &file) {
+        // `fmd-daemon migrate` refuses to create a store (a mistyped path must not become an empty one):
+        // the schema comes from a store this daemon wrote earlier in the run.
+        if let Some(source) = schema_source(env.work, env.daemon) {
             cmd.arg("--schema-from").arg(source);
         }
     }
@@ -253,22 +255,6 @@ fn failed(e: &anyhow::Error) -> Timed {
         note: Some(format!("failed: {e:#}")),
         ..Timed::default()
     }
-}
-
-/// Gives the fmd store the measured binary's schema. With `fmd-daemon migrate`, the daemon creates `db`
-/// itself (tables, indexes and whatever else its migrations make) and query_store.py fills it as it is:
-/// `None`. Otherwise the schema to copy from a store the daemon wrote earlier (overhead or capacity).
-fn schema_file(env: &Env<'_>, db: &Path) -> Option<PathBuf> {
-    if env.features.migrate {
-        match command::output(Command::new(env.daemon).arg("migrate").arg("--db").arg(db)) {
-            Ok(_) => return None,
-            Err(e) => {
-                eprintln!("bench: cannot create an empty store with `fmd-daemon migrate`: {e:#}");
-                remove_store(db);
-            }
-        }
-    }
-    schema_source(env.work, env.daemon)
 }
 
 /// A daemon `query` command, run up to `settings.runs` times (fewer once the budget is spent).
