@@ -630,8 +630,8 @@ symbols_unknown         7
         );
     }
 
-    #[test]
-    fn clap_parses_the_flags() {
+    /// `argv` parsed by clap as `fmd-daemon query ...` is.
+    fn parse(argv: &[&str]) -> Result<QueryArgs, clap::Error> {
         use clap::Parser as _;
         #[derive(clap::Parser)]
         struct Cli {
@@ -642,7 +642,15 @@ symbols_unknown         7
         enum Top {
             Query(QueryArgs),
         }
-        let cli = Cli::try_parse_from([
+        Cli::try_parse_from(argv).map(|cli| {
+            let Top::Query(args) = cli.query;
+            args
+        })
+    }
+
+    #[test]
+    fn clap_parses_the_flags() {
+        let args = parse(&[
             "fmd-daemon",
             "query",
             "requests",
@@ -656,7 +664,6 @@ symbols_unknown         7
             "/tmp/x.duckdb",
         ])
         .expect("parse");
-        let Top::Query(args) = cli.query;
         assert_eq!(
             (args.format, args.db),
             (Format::Csv, PathBuf::from("/tmp/x.duckdb"))
@@ -668,10 +675,9 @@ symbols_unknown         7
             (requests.since.as_deref(), requests.limit),
             (Some("15m"), Some(3))
         );
-        assert!(Cli::try_parse_from(["fmd-daemon", "query", "stats", "--format", "xml"]).is_err());
-        let cli = Cli::try_parse_from(["fmd-daemon", "query", "endpoints", "--format", "json"])
+        assert!(parse(&["fmd-daemon", "query", "stats", "--format", "xml"]).is_err());
+        let args = parse(&["fmd-daemon", "query", "endpoints", "--format", "json"])
             .expect("parse endpoints");
-        let Top::Query(args) = cli.query;
         assert!(matches!(
             (args.command, args.format),
             (QueryCommand::Endpoints, Format::Json)
@@ -710,16 +716,6 @@ symbols_unknown         7
 
     #[test]
     fn timing_flag_goes_anywhere_after_query() {
-        use clap::Parser as _;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(subcommand)]
-            query: Top,
-        }
-        #[derive(clap::Subcommand)]
-        enum Top {
-            Query(QueryArgs),
-        }
         for (argv, expect) in [
             (&["q", "query", "endpoints"][..], false),
             (&["q", "query", "--timing", "endpoints"], true),
@@ -736,7 +732,7 @@ symbols_unknown         7
             ),
             (&["q", "query", "stats", "--db", "/x", "--timing"], true),
         ] {
-            let Top::Query(args) = Cli::try_parse_from(argv).expect("parse").query;
+            let args = parse(argv).expect("parse");
             assert_eq!(args.timing, expect, "{argv:?}");
         }
     }

@@ -470,7 +470,7 @@ mod tests {
         request::Request,
         store::{
             append_requests, begin_run, spawn_writer,
-            test_support::request,
+            test_support::{close, exact_quantile as quantile, request},
             time::{now_us, parse_rfc3339},
             RunInfo, Store,
         },
@@ -520,16 +520,6 @@ mod tests {
         (dir, store)
     }
 
-    /// Linear interpolation between closest ranks, as DuckDB's `quantile_cont`.
-    fn quantile(values: &[f64], q: f64) -> Option<f64> {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let last = sorted.len().checked_sub(1)?;
-        let pos = q * last as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
-    }
-
     /// What the test expects of one endpoint; figures computed from the requests given.
     struct Expect<'a> {
         endpoint: &'a str,
@@ -539,21 +529,6 @@ mod tests {
         durations: &'a [f64],
         errors: usize,
         last: Option<Micros>,
-    }
-
-    /// `got` within `relative` of `expect` (absolutely when `expect` is 0).
-    fn close(got: Option<f64>, expect: Option<f64>, relative: f64, what: &str) {
-        match (got, expect) {
-            (Some(g), Some(e)) => {
-                let error = if e == 0.0 {
-                    g.abs()
-                } else {
-                    (g / e - 1.0).abs()
-                };
-                assert!(error <= relative, "{what}: got {g}, expected {e}");
-            }
-            (g, e) => assert_eq!(g, e, "{what}"),
-        }
     }
 
     /// Quantiles come from the rollups' histograms: within 1% (store/rollup.rs), plus rounding.

@@ -257,6 +257,31 @@ pub(crate) mod test_support {
 
     use crate::request::Request;
 
+    /// Asserts `got` is within `relative` of `expect` (absolutely when `expect` is 0); both absent is equal.
+    pub fn close(got: Option<f64>, expect: Option<f64>, relative: f64, what: &str) {
+        match (got, expect) {
+            (Some(g), Some(e)) => {
+                let error = if e == 0.0 {
+                    g.abs()
+                } else {
+                    (g / e - 1.0).abs()
+                };
+                assert!(error <= relative, "{what}: got {g}, expected {e}");
+            }
+            (g, e) => assert_eq!(g, e, "{what}"),
+        }
+    }
+
+    /// DuckDB's `quantile_cont` over `values`: linear interpolation between the closest ranks.
+    pub fn exact_quantile(values: &[f64], q: f64) -> Option<f64> {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let last = sorted.len().checked_sub(1)?;
+        let pos = q * last as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
+    }
+
     /// A request with every field set and distinct per `i`, `ts_us` one millisecond apart from a fixed base.
     pub fn request(i: u32) -> Request {
         Request {

@@ -205,7 +205,9 @@ mod tests {
     use crate::{
         request::Request,
         store::{
-            append_requests, endpoints, schema, spawn_writer, test_support::request, time::Micros,
+            append_requests, endpoints, schema, spawn_writer,
+            test_support::{close, exact_quantile as quantile, request},
+            time::Micros,
             EndpointRow, RunInfo, Store,
         },
     };
@@ -215,16 +217,6 @@ mod tests {
 
     /// The bound the module doc promises, with room for floating-point rounding.
     const BOUND: f64 = 0.01 + 1e-12;
-
-    /// `quantile_cont` over `values`: linear interpolation between the closest ranks.
-    fn quantile(values: &[f64], q: f64) -> Option<f64> {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let last = sorted.len().checked_sub(1)?;
-        let pos = q * last as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
-    }
 
     /// The overview computed directly from the requests, as `endpoints()` must show them (no route
     /// tables are stored in these tests, so only requested endpoints are listed).
@@ -535,18 +527,12 @@ mod tests {
             *histogram.entry(bucket).or_default() += 1;
         }
         let histogram: Vec<(i16, u64)> = histogram.into_iter().collect();
-        let (got, exact) = (super::quantile(&histogram, q), quantile(durations, q));
-        match (got, exact) {
-            (Some(g), Some(x)) => {
-                let error = if x == 0.0 {
-                    g.abs()
-                } else {
-                    (g / x - 1.0).abs()
-                };
-                assert!(error <= BOUND, "q {q} of {durations:?}: got {g}, exact {x}");
-            }
-            (g, x) => assert_eq!(g, x, "q {q} of {durations:?}"),
-        }
+        close(
+            super::quantile(&histogram, q),
+            quantile(durations, q),
+            BOUND,
+            &format!("q {q} of {durations:?}"),
+        );
     }
 
     #[test]
