@@ -18,15 +18,10 @@ pub async fn endpoints(State(state): State<AppState>) -> Result<Json<EndpointLis
 
 #[cfg(test)]
 mod tests {
-    use axum::{
-        body::{to_bytes, Body},
-        http::{Request, StatusCode},
-        Router,
-    };
-    use tower::ServiceExt as _;
+    use axum::{http::StatusCode, Router};
 
     use crate::{
-        api::{router, AppState},
+        api::{router, test_support::get, AppState},
         flask::RouteInfo,
         store::{
             append_requests, modes, set_attribution,
@@ -75,19 +70,6 @@ mod tests {
             .collect();
         append_requests(conn, 1, 1, &batch).expect("append");
         (dir, router(AppState::new(store.reader().expect("reader"))))
-    }
-
-    async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
-        let request = Request::get(uri).body(Body::empty()).expect("request");
-        let response = app.clone().oneshot(request).await.expect("response");
-        let status = response.status();
-        let body = to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        (
-            status,
-            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-        )
     }
 
     /// Checks the answer's mode, rules and unmatched, and each endpoint's `(endpoint, methods, hits,

@@ -72,3 +72,35 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! How the API tests call a route: in process, through the router, as a client would.
+
+    use axum::{
+        body::{to_bytes, Body},
+        http::{Request, StatusCode},
+        Router,
+    };
+    use tower::ServiceExt as _;
+
+    /// GETs `uri`: the status and the body as text.
+    pub async fn get_text(app: &Router, uri: &str) -> (StatusCode, String) {
+        let request = Request::get(uri).body(Body::empty()).expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// GETs `uri`: the status and the body as JSON (`Null` when it is not JSON).
+    pub async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
+        let (status, body) = get_text(app, uri).await;
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}

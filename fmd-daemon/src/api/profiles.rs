@@ -104,14 +104,10 @@ async fn grouped(
 
 #[cfg(test)]
 mod tests {
-    use axum::{
-        body::{to_bytes, Body},
-        http::{Request, StatusCode},
-    };
-    use tower::ServiceExt as _;
+    use axum::http::StatusCode;
 
     use crate::{
-        api::{router, AppState},
+        api::{router, test_support::get_text, AppState},
         store::{
             append_requests,
             profiles::{append_profiles, Dedup, ProfileFrame, ProfileRecord, ProfileStack},
@@ -162,13 +158,7 @@ mod tests {
         let mut dedup = Dedup::load(store.connection()).expect("dedup");
         append_profiles(store.connection(), &mut dedup, &[record(0), record(1)]).expect("profiles");
         let app = router(AppState::new(store.reader().expect("reader")));
-        let response = app
-            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
-            .await
-            .expect("response");
-        let got = response.status();
-        let body = to_bytes(response.into_body(), 1 << 20).await.expect("body");
-        let body = String::from_utf8_lossy(&body);
+        let (got, body) = get_text(&app, uri).await;
         assert_eq!(got, status, "{uri}: {body}");
         assert!(body.contains(fragment), "{uri}: {body}");
     }

@@ -71,16 +71,11 @@ fn filter(params: RequestsParams, now: Micros) -> Result<RequestFilter, Error> {
 
 #[cfg(test)]
 mod tests {
-    use axum::{
-        body::{to_bytes, Body},
-        http::{Request, StatusCode},
-        Router,
-    };
-    use tower::ServiceExt as _;
+    use axum::{http::StatusCode, Router};
 
     use super::*;
     use crate::{
-        api::router,
+        api::{router, test_support::get},
         store::{append_requests, begin_run, set_counters, test_support::request, RunInfo, Store},
     };
 
@@ -152,19 +147,6 @@ mod tests {
         append_requests(store.connection(), run_id, 1, &batch).expect("append");
         set_counters(store.connection(), run_id, [("events_lost", 4)]).expect("counters");
         (dir, router(AppState::new(store.reader().expect("reader"))))
-    }
-
-    async fn get(app: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
-        let request = Request::get(uri).body(Body::empty()).expect("request");
-        let response = app.clone().oneshot(request).await.expect("response");
-        let status = response.status();
-        let body = to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body");
-        (
-            status,
-            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-        )
     }
 
     #[tokio::test]
