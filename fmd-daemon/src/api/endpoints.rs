@@ -22,7 +22,7 @@ mod tests {
 
     use crate::{
         api::{router, test_support::get, AppState},
-        flask::RouteInfo,
+        flask::{test_support::route, RouteInfo},
         store::{
             append_requests, modes, set_attribution,
             test_support::{close, request},
@@ -30,17 +30,6 @@ mod tests {
             upsert_routes, Store,
         },
     };
-
-    fn route(endpoint: &str, rule: &str, methods: &[&str]) -> RouteInfo {
-        RouteInfo {
-            rule: rule.into(),
-            endpoint: endpoint.into(),
-            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
-            strict_slashes: true,
-            host: None,
-            subdomain: None,
-        }
-    }
 
     /// A router over a database with `routes`, the attribution `mode` and `(endpoint, ms)` requests made
     /// just now.

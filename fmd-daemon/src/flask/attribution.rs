@@ -208,17 +208,7 @@ impl Attributor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn route(rule: &str, endpoint: &str, methods: &[&str]) -> RouteInfo {
-        RouteInfo {
-            rule: rule.into(),
-            endpoint: endpoint.into(),
-            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
-            strict_slashes: true,
-            host: None,
-            subdomain: None,
-        }
-    }
+    use crate::flask::test_support::route;
 
     fn req(pid: u32, method: &str, path: &str) -> Request {
         Request {
@@ -246,8 +236,8 @@ mod tests {
         assert!(out.is_empty(), "they wait for the table");
         assert_eq!(a.mode(), Mode::Pending);
         let routes = vec![route(
-            "/users/<int:id>",
             "users.show",
+            "/users/<int:id>",
             &["GET", "HEAD", "OPTIONS"],
         )];
         assert_eq!(
@@ -327,8 +317,8 @@ mod tests {
     fn workers_with_new_code_get_their_own_table() {
         let mut a = Attributor::default();
         let mut out = vec![];
-        let old = vec![route("/a", "a", &["GET"])];
-        let new = vec![route("/a", "a", &["GET"]), route("/b", "b", &["GET"])];
+        let old = vec![route("a", "/a", &["GET"])];
+        let new = vec![route("a", "/a", &["GET"]), route("b", "/b", &["GET"])];
         a.set_routes(1, old, MapOptions::default(), &mut out)
             .expect("old");
         a.set_routes(2, new, MapOptions::default(), &mut out)

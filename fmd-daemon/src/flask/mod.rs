@@ -26,3 +26,20 @@ pub struct RouteInfo {
     /// `rule.subdomain`; `None` means the map's default subdomain.
     pub subdomain: Option<String>,
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::RouteInfo;
+
+    /// A rule as Flask binds it by default (strict slashes, no host or subdomain).
+    pub fn route(endpoint: &str, rule: &str, methods: &[&str]) -> RouteInfo {
+        RouteInfo {
+            rule: rule.into(),
+            endpoint: endpoint.into(),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+            strict_slashes: true,
+            host: None,
+            subdomain: None,
+        }
+    }
+}

@@ -467,6 +467,7 @@ mod serde_opt_us {
 mod tests {
     use super::*;
     use crate::{
+        flask::test_support::route,
         request::Request,
         store::{
             append_requests, begin_run, spawn_writer,
@@ -482,17 +483,6 @@ mod tests {
 
     fn at(text: &str) -> Micros {
         parse_rfc3339(text).expect("time")
-    }
-
-    fn route(endpoint: &str, rule: &str, methods: &[&str]) -> RouteInfo {
-        RouteInfo {
-            rule: rule.into(),
-            endpoint: endpoint.into(),
-            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
-            strict_slashes: true,
-            host: None,
-            subdomain: None,
-        }
     }
 
     /// A request to `endpoint` (`None`: matched none) at `ts` taking `ms` and answered `status`.
