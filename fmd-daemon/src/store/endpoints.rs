@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     rollup::{quantile, BUCKET, WATERMARK},
     time::Micros,
-    Error,
+    transaction, Error,
 };
 use crate::flask::{attribution::Mode, RouteInfo};
 
@@ -187,8 +187,7 @@ pub fn upsert_routes(
         rows.join(", ")
     );
     let at = Value::Timestamp(TimeUnit::Microsecond, at);
-    conn.execute_batch("BEGIN TRANSACTION").map_err(sql_err)?;
-    let written = (|| {
+    let written = || -> duckdb::Result<()> {
         conn.execute(&stage, params_from_iter(&values))?;
         conn.execute(
             "UPDATE endpoints SET last_seen = greatest(endpoints.last_seen, ?), last_run_id = ? \
@@ -203,16 +202,10 @@ pub fn upsert_routes(
                  WHERE e.endpoint = n.endpoint AND e.rule = n.rule AND e.methods = n.methods)",
             params![at, run_id],
         )?;
-        conn.execute_batch("DROP TABLE route_table; COMMIT")
-    })();
-    match written {
-        Ok(()) => Ok(keys.len()),
-        Err(source) => {
-            // Best effort: the write's own error is the one to report (the rollback drops the stage too).
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(sql_err(source))
-        }
-    }
+        conn.execute_batch("DROP TABLE route_table")
+    };
+    // A rollback drops the stage too.
+    transaction(conn, || written().map_err(sql_err)).map(|()| keys.len())
 }
 
 /// The endpoints as of `now`: every (endpoint, rule) of the stored route tables, requested or not, and

@@ -16,7 +16,7 @@ use duckdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::Error;
+use super::{transaction, Error};
 use crate::profile::tree::{self, GroupedLine, StackWeight, TreeNode};
 
 /// Schema of the profile tables (migration 2). Stacks are frame ids joined by commas, outermost first.
@@ -159,12 +159,11 @@ pub fn append_profiles(
     batch: &[ProfileRecord],
 ) -> Result<(), Error> {
     let err = sql("append profiles");
-    conn.execute_batch("BEGIN TRANSACTION").map_err(&err)?;
     // Ids handed out in a failed transaction are taken back with it.
     let saved = (dedup.next_frame, dedup.next_stack, dedup.next_profile);
     let mut new_frames = Vec::new();
     let mut new_stacks = Vec::new();
-    let result = (|| -> duckdb::Result<()> {
+    let mut write = || -> duckdb::Result<()> {
         let mut frames = conn.appender("profile_frames")?;
         let mut stacks = conn.appender("profile_stacks")?;
         let mut profiles = conn.appender("profiled_requests")?;
@@ -234,21 +233,18 @@ pub fn append_profiles(
         stacks.flush()?;
         profiles.flush()?;
         samples.flush()
-    })();
-    match result.and_then(|()| conn.execute_batch("COMMIT")) {
-        Ok(()) => Ok(()),
-        Err(source) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            (dedup.next_frame, dedup.next_stack, dedup.next_profile) = saved;
-            for k in new_frames {
-                dedup.frames.remove(&k);
-            }
-            for k in new_stacks {
-                dedup.stacks.remove(&k);
-            }
-            Err(err(source))
+    };
+    let result = transaction(conn, || write().map_err(&err));
+    if result.is_err() {
+        (dedup.next_frame, dedup.next_stack, dedup.next_profile) = saved;
+        for k in new_frames {
+            dedup.frames.remove(&k);
+        }
+        for k in new_stacks {
+            dedup.stacks.remove(&k);
         }
     }
+    result
 }
 
 /// Deletes the oldest profiled requests beyond `keep`, with their samples.

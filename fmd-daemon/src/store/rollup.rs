@@ -23,7 +23,7 @@
 
 use duckdb::{params, Connection};
 
-use super::Error;
+use super::{transaction, Error};
 
 /// Migration 4: the rollup tables (see the module doc).
 pub const MIGRATION: &str = "
@@ -135,65 +135,61 @@ pub struct CatchUp {
 
 /// Rolls up the requests above the watermark and moves it to the highest stored id, in one transaction.
 pub fn catch_up(conn: &Connection) -> Result<CatchUp, Error> {
-    let sql_err = |source| Error::Sql {
-        what: "roll up requests",
-        source,
-    };
-    conn.execute_batch("BEGIN TRANSACTION").map_err(sql_err)?;
-    let done = (|| {
-        let from: i64 = conn.query_row(&format!("SELECT {WATERMARK}"), [], |row| row.get(0))?;
-        let (to, requests): (i64, u64) = conn.query_row(
-            "SELECT greatest(coalesce(max(id), ?1), ?1), count(*) FROM requests WHERE id > ?1",
-            params![from],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
-        if to > from {
-            let rollups = [
-                (
-                    "endpoint_hours",
-                    "method, date_trunc('hour', ts)",
-                    HOUR_AGGREGATES,
-                    HOUR_UPDATES,
-                ),
-                ("endpoint_totals", "method", HOUR_AGGREGATES, HOUR_UPDATES),
-                (
-                    "endpoint_durations",
-                    &format!("CAST(ts AS DATE), {BUCKET}"),
-                    "count(*)",
-                    "hits = hits + excluded.hits",
-                ),
-                (
-                    "endpoint_duration_totals",
-                    BUCKET,
-                    "count(*)",
-                    "hits = hits + excluded.hits",
-                ),
-            ];
-            for (table, keys, aggregates, updates) in rollups {
-                conn.execute(
-                    &format!(
-                        "INSERT INTO {table} \
+    transaction(conn, || {
+        roll_up(conn).map_err(|source| Error::Sql {
+            what: "roll up requests",
+            source,
+        })
+    })
+}
+
+fn roll_up(conn: &Connection) -> duckdb::Result<CatchUp> {
+    let from: i64 = conn.query_row(&format!("SELECT {WATERMARK}"), [], |row| row.get(0))?;
+    let (to, requests): (i64, u64) = conn.query_row(
+        "SELECT greatest(coalesce(max(id), ?1), ?1), count(*) FROM requests WHERE id > ?1",
+        params![from],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    if to > from {
+        let rollups = [
+            (
+                "endpoint_hours",
+                "method, date_trunc('hour', ts)",
+                HOUR_AGGREGATES,
+                HOUR_UPDATES,
+            ),
+            ("endpoint_totals", "method", HOUR_AGGREGATES, HOUR_UPDATES),
+            (
+                "endpoint_durations",
+                &format!("CAST(ts AS DATE), {BUCKET}"),
+                "count(*)",
+                "hits = hits + excluded.hits",
+            ),
+            (
+                "endpoint_duration_totals",
+                BUCKET,
+                "count(*)",
+                "hits = hits + excluded.hits",
+            ),
+        ];
+        for (table, keys, aggregates, updates) in rollups {
+            conn.execute(
+                &format!(
+                    "INSERT INTO {table} \
                          SELECT endpoint, coalesce(rule, ''), {keys}, {aggregates} \
                          FROM requests WHERE id > ? AND id <= ? AND endpoint IS NOT NULL \
                          GROUP BY ALL \
                          ON CONFLICT DO UPDATE SET {updates}"
-                    ),
-                    params![from, to],
-                )?;
-            }
-            conn.execute("DELETE FROM rollup_state", [])?;
-            conn.execute("INSERT INTO rollup_state VALUES (?)", params![to])?;
+                ),
+                params![from, to],
+            )?;
         }
-        conn.execute_batch("COMMIT")?;
-        Ok(CatchUp {
-            requests,
-            watermark: to,
-        })
-    })();
-    done.map_err(|source| {
-        // Best effort: the roll-up's own error is the one to report.
-        let _ = conn.execute_batch("ROLLBACK");
-        sql_err(source)
+        conn.execute("DELETE FROM rollup_state", [])?;
+        conn.execute("INSERT INTO rollup_state VALUES (?)", params![to])?;
+    }
+    Ok(CatchUp {
+        requests,
+        watermark: to,
     })
 }
 
