@@ -39,6 +39,15 @@ pub struct Config {
     pub listen: SocketAddr,
     pub capture: CaptureConfig,
     pub profiler: ProfilerConfig,
+    /// A fixed application version for every request (Flask-MonitoringDashboard's `APP_VERSION`).
+    pub app_version: Option<String>,
+    /// The app's `.git` or work tree (FMD's `GIT`; relative to the config file); without it and
+    /// `app_version`, the repository holding the app's code is found per worker.
+    pub git: Option<PathBuf>,
+    /// How a request's user is found (FMD's `group_by`).
+    pub users: crate::identity::UsersConfig,
+    /// Which peers may forward the client's address.
+    pub proxies: crate::identity::ProxiesConfig,
 }
 
 impl Default for Config {
@@ -50,6 +59,11 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             capture: CaptureConfig::default(),
             profiler: ProfilerConfig::default(),
+            // Neither: the commit of the app's git checkout, when there is one.
+            app_version: None,
+            git: None,
+            users: crate::identity::UsersConfig::default(),
+            proxies: crate::identity::ProxiesConfig::default(),
         }
     }
 }
@@ -116,8 +130,10 @@ impl Config {
             }
             Err(source) => return Err(Error::Read { path, source }),
         };
-        let mut config: Self =
-            toml::from_str(&text).map_err(|source| Error::Parse { path, source })?;
+        let mut config: Self = toml::from_str(&text).map_err(|source| Error::Parse {
+            path: path.clone(),
+            source,
+        })?;
         if let Some(ms) = config.profiler.sampling_period_ms {
             if ms == 0 {
                 return Err(Error::Invalid {
@@ -126,6 +142,12 @@ impl Config {
                 });
             }
             config.profiler.sample_hz = (1000 + ms / 2) / ms;
+        }
+        // Like FMD's GIT, a relative path is relative to the configuration file.
+        if let (Some(git), Some(dir)) = (&config.git, path.parent()) {
+            if git.is_relative() {
+                config.git = Some(dir.join(git));
+            }
         }
         Ok(config)
     }
@@ -219,6 +241,23 @@ mod tests {
         std::fs::write(&file, "[profiler]\nsampling_period_ms = 0\n").expect("write");
         assert!(Config::load(Some(&file)).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn versions_users_and_proxies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("fmd.toml");
+        std::fs::write(
+            &file,
+            "app_version = \"1.2\"\ngit = \"app/.git\"\n[users]\nextract = [{ from = \"header\", name = \"X-User\" }]\n\
+             [proxies]\ntrusted = [\"10.0.0.0/8\"]\n",
+        )
+        .expect("write");
+        let c = Config::load(Some(&file)).expect("load");
+        assert_eq!(c.app_version.as_deref(), Some("1.2"));
+        assert_eq!(c.git, Some(dir.path().join("app/.git")));
+        assert_eq!(c.users.extract.len(), 1);
+        assert_eq!(c.proxies.trusted.len(), 1);
     }
 
     #[test]

@@ -32,9 +32,11 @@ use crate::{
         attribution::Attributor,
         matcher::MapOptions,
     },
+    identity::Identify,
     profile::Collector,
     request::Request,
     store::{self, names, profiles::ProfileSink, DaemonFile, RunInfo, Store, WriterHandle},
+    version,
 };
 
 /// How often the ring buffer is drained: BPF wakes the daemon only when the buffer fills (see
@@ -119,6 +121,15 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         listen,
     }
     .write(&config.db)?;
+    // So that `fmd-daemon query` finds this daemon without --db; a read-only /run costs only that.
+    let registration = store::Registration {
+        pid: std::process::id(),
+        listen,
+        db: std::path::absolute(&config.db).unwrap_or_else(|_| config.db.clone()),
+    };
+    if let Err(e) = registration.write(&store::runtime_dir()) {
+        warn!(error = %e, "`fmd-daemon query` will need --db to find this daemon");
+    }
     info!(%listen, db = %config.db.display(), "attached; dashboard and API at http://{listen}/");
 
     let limits = Limits {
@@ -131,9 +142,19 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let (routes_tx, routes_rx) = mpsc::unbounded_channel();
+    let identify = Identify {
+        users: config.users.clone(),
+        proxies: config.proxies.clone(),
+    };
     let mut pipeline = Pipeline {
         capture,
-        assembler: Assembler::new(limits, clock_offset),
+        assembler: Assembler::new(limits, clock_offset).with_identify(identify),
+        version_source: Arc::new(version::Source::new(
+            config.app_version.as_deref(),
+            config.git.as_deref(),
+        )),
+        versions: std::collections::HashMap::new(),
+        version_error: None,
         profiling,
         attributor: Attributor::default(),
         routes_tx,
@@ -167,6 +188,9 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let _ = stop_api.send(());
     let _ = server.await;
     let _ = writer_thread.join();
+    if let Err(e) = store::Registration::remove(&store::runtime_dir(), registration.pid) {
+        warn!(error = %e, "cannot unregister the daemon");
+    }
     DaemonFile::remove(&config.db)?;
     let report = report?;
     info!(
@@ -250,14 +274,23 @@ fn clock_offset_ns() -> i64 {
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
-/// A worker's route table, or why it could not be read.
-type RouteResult = (u32, Result<UrlMap, flask_app::Error>);
+/// A worker's route table, or why it could not be read, and the app version it runs.
+type RouteResult = (
+    u32,
+    Result<UrlMap, flask_app::Error>,
+    Result<String, version::git::Error>,
+);
 
 struct Pipeline {
     capture: Capture,
     assembler: Assembler,
     attributor: Attributor,
     profiling: Option<Profiling>,
+    /// Where workers' versions come from, and each worker's version once read (with its routes).
+    version_source: Arc<version::Source>,
+    versions: std::collections::HashMap<u32, String>,
+    /// The last reason a version could not be read, so that each new worker does not warn again.
+    version_error: Option<String>,
     routes_tx: mpsc::UnboundedSender<RouteResult>,
     /// Workers whose route table was asked for, and how many reads are still under way.
     routes_asked: std::collections::HashSet<u32>,
@@ -305,7 +338,7 @@ impl Pipeline {
                         self.hand_over().await;
                     }
                 }
-                Some((pid, result)) = routes.recv() => self.on_routes(pid, result),
+                Some((pid, result, version)) = routes.recv() => self.on_routes(pid, result, version),
                 _ = tick.tick() => {
                     self.assembler.expire(monotonic_ns(), &mut self.assembled);
                     self.attribute();
@@ -336,7 +369,7 @@ impl Pipeline {
         let deadline = tokio::time::Instant::now() + ROUTE_READ_GRACE;
         while self.route_reads > 0 {
             match tokio::time::timeout_at(deadline, routes.recv()).await {
-                Ok(Some((pid, result))) => self.on_routes(pid, result),
+                Ok(Some((pid, result, version))) => self.on_routes(pid, result, version),
                 _ => break,
             }
         }
@@ -349,11 +382,26 @@ impl Pipeline {
         }
     }
 
-    /// Reads `pid`'s Flask route table in the background, retrying while the worker is still starting.
+    /// Reads `pid`'s Flask route table in the background, retrying while the worker is still starting,
+    /// then its version (the app's `root_path` helps find its git checkout).
     fn read_routes(&mut self, pid: u32) {
         self.attributor.reading(pid);
         self.route_reads += 1;
         let tx = self.routes_tx.clone();
+        let source = Arc::clone(&self.version_source);
+        let version = move |root: Option<String>| {
+            let source = Arc::clone(&source);
+            async move {
+                tokio::task::spawn_blocking(move || source.resolve(pid, root.as_deref()))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(version::git::Error::Read {
+                            path: format!("/proc/{pid}/cwd").into(),
+                            source: std::io::Error::other(e),
+                        })
+                    })
+            }
+        };
         tokio::spawn(
             async move {
                 let mut last = None;
@@ -361,7 +409,8 @@ impl Pipeline {
                     tokio::time::sleep(Duration::from_millis(delay)).await;
                     match tokio::task::spawn_blocking(move || flask_app::routes(pid)).await {
                         Ok(Ok(map)) => {
-                            let _ = tx.send((pid, Ok(map)));
+                            let v = version(map.root_path.clone()).await;
+                            let _ = tx.send((pid, Ok(map), v));
                             return;
                         }
                         Ok(Err(e)) => {
@@ -374,17 +423,37 @@ impl Pipeline {
                         break;
                     }
                 }
+                let v = version(None).await;
                 let _ = tx.send((
                     pid,
                     Err(last.unwrap_or(flask_app::Error::NoFlaskApp { pid })),
+                    v,
                 ));
             }
             .instrument(info_span!("routes", pid)),
         );
     }
 
-    fn on_routes(&mut self, pid: u32, result: Result<UrlMap, flask_app::Error>) {
+    fn on_routes(
+        &mut self,
+        pid: u32,
+        result: Result<UrlMap, flask_app::Error>,
+        version: Result<String, version::git::Error>,
+    ) {
         self.route_reads = self.route_reads.saturating_sub(1);
+        match version {
+            Ok(v) => {
+                info!(pid, version = %v, "worker's app version");
+                self.versions.insert(pid, v);
+            }
+            Err(e) => {
+                let error = format!("{:#}", anyhow::Error::from(e));
+                if self.version_error.as_ref() != Some(&error) {
+                    warn!(pid, %error, "cannot tell the app's version: requests get none (set app_version or git in the config)");
+                    self.version_error = Some(error);
+                }
+            }
+        }
         match result {
             Ok(map) => {
                 let options = MapOptions {
@@ -485,6 +554,10 @@ impl Pipeline {
         self.attribute();
         self.attributor.forget(pid, &mut self.batch);
         self.routes_asked.remove(&pid);
+        // Its requests still in the batch are tagged before its version goes (a reused pid must not
+        // inherit it).
+        self.tag_versions();
+        self.versions.remove(&pid);
         match self.capture.forget_connections(pid) {
             Ok(n) if n > 0 => debug!(
                 pid,
@@ -504,10 +577,20 @@ impl Pipeline {
         }
     }
 
+    /// Gives the batch's requests their worker's version, where it is known.
+    fn tag_versions(&mut self) {
+        for req in &mut self.batch {
+            if req.version.is_none() {
+                req.version = self.versions.get(&req.worker_pid).cloned();
+            }
+        }
+    }
+
     async fn hand_over(&mut self) {
         if self.batch.is_empty() {
             return;
         }
+        self.tag_versions();
         let batch = std::mem::take(&mut self.batch);
         if let Some(p) = &mut self.profiling {
             let profiles = p.collector.take_profiles(&batch);

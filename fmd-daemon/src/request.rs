@@ -23,8 +23,9 @@ pub struct Request {
     pub bytes_in: u64,
     /// Response bytes written (head and body).
     pub bytes_out: u64,
-    /// Client address: `X-Forwarded-For` (first hop) or `X-Real-IP` when present, else the TCP peer;
-    /// `None` for a unix-socket peer without those headers.
+    /// Client address: the TCP peer, or, when the peer is a trusted proxy (config `[proxies] trusted`),
+    /// the client it forwarded (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`); `None` for a unix-socket
+    /// peer that forwarded nothing.
     pub remote_ip: Option<String>,
     pub worker_pid: u32,
     /// Kernel thread id that read the request (and, in gunicorn, serves it).
@@ -37,4 +38,8 @@ pub struct Request {
     pub endpoint: Option<String>,
     /// The matched rule template, e.g. `/user/<int:id>`.
     pub rule: Option<String>,
+    /// The app's version serving it: config `app_version`, else the git commit of the worker's code.
+    pub version: Option<String>,
+    /// Who made it, from the configured extractors (`[users]`: header, cookie, JWT, session...).
+    pub user: Option<String>,
 }

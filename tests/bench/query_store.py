@@ -161,8 +161,8 @@ CREATE TABLE profile_samples (profile_id BIGINT NOT NULL, stack_id BIGINT NOT NU
     samples UINTEGER NOT NULL, weight_ns UBIGINT NOT NULL);
 """
 
-# Columns fmd's schema does not have yet: the app version and the user of a request.
-EXTRA_COLUMNS = {"app_version": "VARCHAR", "user_id": "VARCHAR"}
+# The app version and user columns (store schema version 5), added when the schema source predates them.
+EXTRA_COLUMNS = {"version": "VARCHAR", "user": "VARCHAR"}
 
 
 def copy_schema(con, source):
@@ -201,7 +201,7 @@ def fmd_duckdb(args):
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'").fetchall()}
     missing = [c for c in EXTRA_COLUMNS if c not in columns]
     for c in missing:
-        con.execute(f"ALTER TABLE requests ADD COLUMN {c} {EXTRA_COLUMNS[c]}")
+        con.execute(f'ALTER TABLE requests ADD COLUMN "{c}" {EXTRA_COLUMNS[c]}')
     if missing:
         notes.append("the daemon's schema has no " + " and no ".join(missing)
                      + " column yet, so the generated store adds them as extra columns")
@@ -210,7 +210,7 @@ def fmd_duckdb(args):
     con.execute(f"""
         INSERT INTO requests (id, run_id, ts, duration_ns, duration_ms, method, path, query, http_version,
                               status, bytes_in, bytes_out, remote_ip, worker_pid, tid, host, user_agent, head,
-                              endpoint, rule, app_version, user_id)
+                              endpoint, rule, version, "user")
         SELECT i + 1, 1, make_timestamp(({args.start_epoch} + {t['offset_s']}) * 1000000),
                CAST({t['duration_ms']} * 1000000 AS UBIGINT), {t['duration_ms']}, 'GET',
                '/e/' || {t['endpoint']}, NULL, 'HTTP/1.1', {t['status']}, 0, 100, '127.0.0.1', 1000, {t['tid']},
@@ -229,15 +229,15 @@ def fmd_duckdb(args):
         "heatmap": "SELECT endpoint, CAST(ts AS DATE) AS day, hour(ts) AS hour, count(*) FROM requests "
                    "GROUP BY ALL",
         # Duration quartiles per version of one endpoint.
-        "version_quartiles": "SELECT app_version, quantile_cont(duration_ms, [0.25, 0.5, 0.75]) FROM requests "
-                             f"WHERE endpoint = 'endpoint_{QUARTILE_ENDPOINT}' GROUP BY app_version",
+        "version_quartiles": "SELECT version, quantile_cont(duration_ms, [0.25, 0.5, 0.75]) FROM requests "
+                             f"WHERE endpoint = 'endpoint_{QUARTILE_ENDPOINT}' GROUP BY version",
     }
     timings = {name: timed(lambda sql=sql: con.execute(sql).fetchall(), args)
                for name, sql in views.items()}
     rows = con.execute("SELECT count(*) FROM requests").fetchone()[0]
     hits, errors, versions = con.execute(
         f"SELECT count(*) FILTER (WHERE endpoint = 'endpoint_{QUARTILE_ENDPOINT}'), "
-        "count(*) FILTER (WHERE status >= 500), count(DISTINCT app_version) FROM requests").fetchone()
+        "count(*) FILTER (WHERE status >= 500), count(DISTINCT version) FROM requests").fetchone()
     profiled, profiled_us = con.execute(
         "SELECT (SELECT count(*) FROM profiled_requests), "
         "(SELECT coalesce(sum(weight_ns), 0) // 1000 FROM profile_samples)").fetchone()

@@ -221,6 +221,8 @@ fn run(label: &str, worker_class: &str, mode: &str) {
         }
     }
 
+    check_trimmed(&daemon, &ctx);
+
     // The deep request: truncated, innermost frames exact.
     let deep = daemon.query("requests", &["--limit", "1000"]);
     let id = deep
@@ -284,6 +286,82 @@ fn run(label: &str, worker_class: &str, mode: &str) {
         assert!(gc_ms.is_null(), "{ctx}: GC time without probes: {gc_ms}");
     }
     daemon.stop();
+}
+
+/// The grouped tree of /work as (depth, function, file, share) rows.
+fn tree_rows(daemon: &Daemon, extra: &[&str]) -> Vec<(u64, String, String, f64)> {
+    let mut args = vec!["--path", "/work", "--limit", "1000"];
+    args.extend_from_slice(extra);
+    let rows = daemon.query("grouped-profile", &args);
+    let g = rows.first().expect("one JSON object");
+    let frames: HashMap<i64, &Value> = g["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .map(|f| (f["id"].as_i64().expect("id"), f))
+        .collect();
+    g["tree"]
+        .as_array()
+        .expect("tree")
+        .iter()
+        .map(|n| {
+            let f = frames[&n["frame"].as_i64().expect("frame")];
+            (
+                n["depth"].as_u64().expect("depth"),
+                f["function"].as_str().expect("function").to_owned(),
+                f["file"].as_str().expect("file").to_owned(),
+                n["share"].as_f64().expect("share"),
+            )
+        })
+        .collect()
+}
+
+/// Profiles start at the app's WSGI entry under one folded server node; `--full-stack` shows gunicorn's
+/// frames; no share passes 100%.
+fn check_trimmed(daemon: &Daemon, ctx: &str) {
+    let view_depth = |rows: &[(u64, String, String, f64)]| {
+        rows.iter()
+            .find(|r| r.1.rsplit('.').next() == Some("work"))
+            .map(|r| r.0)
+            .unwrap_or_else(|| panic!("{ctx}: no view in {rows:?}"))
+    };
+    let trimmed = tree_rows(daemon, &[]);
+    let roots: Vec<_> = trimmed.iter().filter(|r| r.0 == 0).collect();
+    assert_eq!(roots.len(), 1, "{ctx}: one root: {roots:?}");
+    assert_eq!(roots[0].1, "[server]", "{ctx}: {roots:?}");
+    let entry = trimmed.iter().find(|r| r.0 == 1).expect("the app's entry");
+    assert!(
+        entry.2.ends_with("flask/app.py") && entry.1.ends_with("__call__"),
+        "{ctx}: the app starts at Flask.__call__, not {entry:?}"
+    );
+    // gunicorn frames remain only below the app (its start_response, called by the app).
+    assert!(
+        !trimmed
+            .iter()
+            .any(|r| r.1 == "<module>" || (r.0 <= 1 && r.2.contains("/gunicorn/"))),
+        "{ctx}: server frames above the app left: {trimmed:?}"
+    );
+    let full = tree_rows(daemon, &["--full-stack"]);
+    // The worker loop (gunicorn/workers/) is only ever above the app.
+    assert!(
+        full.iter().any(|r| r.2.contains("/gunicorn/workers/"))
+            && !full.iter().any(|r| r.1 == "[server]"),
+        "{ctx}: --full-stack shows gunicorn's frames"
+    );
+    assert!(
+        view_depth(&trimmed) + 5 < view_depth(&full),
+        "{ctx}: the view at depth {} trimmed, {} in full",
+        view_depth(&trimmed),
+        view_depth(&full)
+    );
+    for rows in [&trimmed, &full] {
+        assert!(
+            rows.iter().all(|r| r.3 <= 1.0 + 1e-9),
+            "{ctx}: a share over 100%"
+        );
+        let root_sum: f64 = rows.iter().filter(|r| r.0 == 0).map(|r| r.3).sum();
+        assert!(root_sum <= 1.0 + 1e-9, "{ctx}: roots add up to {root_sum}");
+    }
 }
 
 fn conn_get(addr: &str, target: &str) -> u16 {

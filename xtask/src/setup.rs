@@ -19,6 +19,10 @@ const DEBIAN_PACKAGES: &[&str] = &["python3.11", "python3.11-venv", "curl"];
 pub fn all() -> Result<()> {
     build_tools()?;
     debian(DEBIAN_PACKAGES)?;
+    // The version tests commit to git repositories; any git on PATH will do.
+    if !command::exists("git") {
+        debian(&["git"])?;
+    }
     python::ensure_all()?;
     Ok(())
 }

@@ -3,9 +3,8 @@
 
 use axum::{
     extract::rejection::QueryRejection,
-    http::StatusCode,
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
-    Json,
 };
 
 use crate::store;
@@ -22,6 +21,8 @@ pub enum Error {
     BadLimit { value: String },
     #[error("bad query parameter format: {value:?} (use json or folded)")]
     BadFormat { value: String },
+    #[error("bad query parameter {param}: {value:?} (use 1 or 0)")]
+    BadFlag { param: &'static str, value: String },
     #[error("missing query parameter {param}")]
     MissingParam { param: &'static str },
     #[error("no {what}")]
@@ -41,6 +42,7 @@ impl Error {
             | Self::BadLimit { .. }
             | Self::BadQuery(_)
             | Self::BadFormat { .. }
+            | Self::BadFlag { .. }
             | Self::MissingParam { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Store(_) | Self::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -61,6 +63,28 @@ impl IntoResponse for Error {
         if status.is_server_error() {
             tracing::error!(error = %message, "API call failed");
         }
-        (status, Json(serde_json::json!({ "error": message }))).into_response()
+        // One line ending in a newline, so `curl` leaves the shell prompt on a line of its own.
+        let mut body = serde_json::json!({ "error": message }).to_string();
+        body.push('\n');
+        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_error_is_one_json_line() {
+        let response = Error::NotFound {
+            what: "profile for request 7".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
+        assert_eq!(body, "{\"error\":\"no profile for request 7\"}\n");
     }
 }

@@ -6,6 +6,7 @@ mod error;
 mod overview;
 mod profiles;
 mod requests;
+mod versions;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -69,6 +70,8 @@ pub fn router(state: AppState) -> Router {
             get(profiles::endpoint_grouped),
         )
         .route("/api/paths/grouped-profile", get(profiles::path_grouped))
+        // App versions (config or git).
+        .route("/api/versions", get(versions::versions))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

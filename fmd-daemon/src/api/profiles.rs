@@ -17,16 +17,40 @@ pub const DEFAULT_GROUPED: usize = 100;
 /// Most requests one grouped profile merges.
 const MAX_GROUPED: usize = 10_000;
 
-/// `GET /api/requests/{id}/profile`.
+/// `?full_stack=1`: every frame from the thread's start, instead of the app's part under one server node.
+#[derive(Debug, Default, Deserialize)]
+pub struct ProfileParams {
+    full_stack: Option<String>,
+}
+
+/// `full_stack`'s value: `1`/`true`/`yes` or `0`/`false`/`no`/empty.
+fn full_stack(value: Option<&str>) -> Result<bool, Error> {
+    match value.map(str::trim) {
+        None | Some("" | "0" | "false" | "no") => Ok(false),
+        Some("1" | "true" | "yes") => Ok(true),
+        Some(other) => Err(Error::BadFlag {
+            param: "full_stack",
+            value: other.to_owned(),
+        }),
+    }
+}
+
+/// `GET /api/requests/{id}/profile?full_stack=1`.
 pub async fn request_profile(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    params: Result<Query<ProfileParams>, QueryRejection>,
 ) -> Result<Response, Error> {
-    match state.query(move |conn| profiles::request_profile(conn, id)).await? {
+    let Query(params) = params.map_err(Error::BadQuery)?;
+    let full = full_stack(params.full_stack.as_deref())?;
+    match state
+        .query(move |conn| profiles::request_profile_view(conn, id, full))
+        .await?
+    {
         Some(p) => Ok(Json(p).into_response()),
         None => Err(Error::NotFound {
             what: format!(
-                "a profile for request {id} (unknown request, or no samples: shorter than the sampling period or the \
+                "profile for request {id} (unknown request, or no samples: shorter than the sampling period or the \
                  profiler was off)"
             ),
         }),
@@ -40,6 +64,7 @@ pub struct GroupedParams {
     format: Option<String>,
     /// `/api/paths/grouped-profile?path=`: the raw path to merge by.
     path: Option<String>,
+    full_stack: Option<String>,
 }
 
 /// `GET /api/endpoints/{endpoint}/grouped-profile?n=100&format=folded`.
@@ -89,8 +114,9 @@ async fn grouped(
             })
         }
     };
+    let full = full_stack(params.full_stack.as_deref())?;
     let profile = state
-        .query(move |conn| profiles::grouped_profile(conn, &key, n))
+        .query(move |conn| profiles::grouped_profile_view(conn, &key, n, full))
         .await?;
     if folded {
         return Ok((

@@ -15,7 +15,10 @@ use std::{
 
 use fmd_common::http::{kind, EventHeader};
 
-use crate::request::Request;
+use crate::{
+    identity::{self, Forwarded, Identify, RequestParts},
+    request::Request,
+};
 
 /// Most requests of one connection parsed and still waiting for their responses (pipelining). Past it the
 /// connection is no longer followed: a real client pipelines a handful at most.
@@ -134,6 +137,8 @@ pub struct Assembler {
     lru: BTreeMap<u64, Key>,
     seq: u64,
     counters: Counters,
+    /// Users and client addresses behind trusted proxies (config `[users]`, `[proxies]`).
+    identify: Identify,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -152,7 +157,15 @@ impl Assembler {
             lru: BTreeMap::new(),
             seq: 0,
             counters: Counters::default(),
+            identify: Identify::default(),
         }
+    }
+
+    /// Identifies users and clients as `identify` says (the defaults otherwise).
+    #[must_use]
+    pub fn with_identify(mut self, identify: Identify) -> Self {
+        self.identify = identify;
+        self
     }
 
     /// Feeds one ring-buffer record (in ring-buffer order); finished requests are appended to `out`.
@@ -182,11 +195,13 @@ impl Assembler {
                     counters,
                     limits,
                     clock_offset_ns,
+                    identify,
                     ..
                 } = self;
                 if let Some(conn) = conns.get_mut(&key) {
                     let mut ctx = Ctx {
                         limits,
+                        identify,
                         offset: *clock_offset_ns,
                         counters,
                         out,
@@ -279,6 +294,7 @@ impl Assembler {
             counters,
             limits,
             clock_offset_ns,
+            identify,
             ..
         } = self;
         let Some(conn) = conns.get_mut(&key) else {
@@ -286,6 +302,7 @@ impl Assembler {
         };
         let mut ctx = Ctx {
             limits,
+            identify,
             offset: *clock_offset_ns,
             counters,
             out,
@@ -330,6 +347,7 @@ impl Assembler {
         self.lru.remove(&conn.seq);
         let mut ctx = Ctx {
             limits: &self.limits,
+            identify: &self.identify,
             offset: self.clock_offset_ns,
             counters: &mut self.counters,
             out,
@@ -359,6 +377,7 @@ enum Flush {
 /// The assembler's state a connection needs while it processes one record.
 struct Ctx<'a> {
     limits: &'a Limits,
+    identify: &'a Identify,
     offset: i64,
     counters: &'a mut Counters,
     out: &'a mut Vec<Request>,
@@ -578,7 +597,7 @@ impl Conn {
                     let before = buf.len();
                     let room = ctx.limits.max_head.saturating_sub(before);
                     buf.extend_from_slice(data.get(..room).unwrap_or(data));
-                    match parse_request(buf) {
+                    match parse_request(buf, ctx.identify) {
                         Err(e) => return self.lose(e, ctx),
                         Ok(None) if buf.len() >= ctx.limits.max_head => {
                             let max = ctx.limits.max_head;
@@ -693,10 +712,12 @@ impl Conn {
             return Err(Error::Pipeline { max: MAX_PIPELINE });
         }
         let (path, query) = split_target(&head.target);
-        let remote_ip = head.forwarded_for.or(head.real_ip).or(match &self.peer {
-            Peer::Ip(ip) => Some(ip.to_string()),
-            Peer::Unix | Peer::Unknown => None,
-        });
+        let peer = match &self.peer {
+            Peer::Ip(ip) => identity::Peer::Ip(*ip),
+            Peer::Unix => identity::Peer::Unix,
+            Peer::Unknown => identity::Peer::Unknown,
+        };
+        let remote_ip = ctx.identify.proxies.client_ip(peer, &head.forwarded);
         let req = Request {
             method: head.method.clone(),
             path,
@@ -709,6 +730,7 @@ impl Conn {
             host: head.host,
             user_agent: head.user_agent,
             head: kept,
+            user: head.user,
             ..Request::default()
         };
         let body = head.body;
@@ -1128,13 +1150,14 @@ struct ReqHead {
     version: u8,
     host: Option<String>,
     user_agent: Option<String>,
-    forwarded_for: Option<String>,
-    real_ip: Option<String>,
+    /// Forwarding headers: they give the client address only when the peer is a trusted proxy.
+    forwarded: Forwarded,
+    user: Option<String>,
     body: Framing,
 }
 
 /// `Ok(None)` while the head is incomplete.
-fn parse_request(buf: &[u8]) -> Result<Option<ReqHead>, Error> {
+fn parse_request(buf: &[u8], identify: &Identify) -> Result<Option<ReqHead>, Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -1168,17 +1191,20 @@ fn parse_request(buf: &[u8]) -> Result<Option<ReqHead>, Error> {
             })
         }
     };
+    let target = req.path.unwrap_or_default();
+    let user = identify.users.user(&RequestParts {
+        headers: req.headers,
+        query: target.split_once('?').map(|(_, q)| q),
+    });
     Ok(Some(ReqHead {
         len,
         method: req.method.unwrap_or_default().to_owned(),
-        target: req.path.unwrap_or_default().to_owned(),
+        target: target.to_owned(),
         version: req.version.unwrap_or(1),
         host: header("host").and_then(text),
         user_agent: header("user-agent").and_then(text),
-        forwarded_for: header("x-forwarded-for")
-            .and_then(|v| v.split(|&b| b == b',').next())
-            .and_then(text),
-        real_ip: header("x-real-ip").and_then(text),
+        forwarded: Identify::forwarded(req.headers),
+        user,
         body,
     }))
 }
@@ -2067,27 +2093,86 @@ mod tests {
 
     #[test]
     fn client_address() {
+        // Forwarding headers count only from trusted proxies (by default loopback and unix sockets).
         check(
             &[
                 accept(4, 1, v4([10, 0, 0, 1])),
-                read(4, 10, "GET /a HTTP/1.1\r\nX-Forwarded-For:  203.0.113.9 , 10.0.0.1\r\n\r\n"),
+                read(4, 10, "GET /a HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n"),
                 write(4, 11, OK),
-                read(4, 20, "GET /b HTTP/1.1\r\nX-Real-IP: 198.51.100.2\r\n\r\n"),
-                write(4, 21, OK),
-                read(4, 30, "GET /c HTTP/1.1\r\nX-Real-IP: 198.51.100.2\r\nX-Forwarded-For: 2001:db8::9\r\n\r\n"),
-                write(4, 31, OK),
-                read(4, 40, "GET /d HTTP/1.1\r\nX-Forwarded-For: \r\n\r\n"),
-                write(4, 41, OK),
+                accept(6, 15, v4([127, 0, 0, 1])),
+                read(6, 20, "GET /b HTTP/1.1\r\nX-Forwarded-For:  203.0.113.9 , 10.0.0.1\r\n\r\n"),
+                write(6, 21, OK),
+                read(6, 30, "GET /c HTTP/1.1\r\nX-Real-IP: 198.51.100.2\r\nX-Forwarded-For: 2001:db8::9\r\n\r\n"),
+                write(6, 31, OK),
+                read(6, 40, "GET /d HTTP/1.1\r\nX-Forwarded-For: \r\n\r\n"),
+                write(6, 41, OK),
                 accept(5, 50, unix()),
                 read(5, 51, "GET /e HTTP/1.1\r\nX-Real-IP: 198.51.100.3\r\n\r\n"),
                 write(5, 52, OK),
             ],
-            "GET /a HTTP/1.1 200 in=61 out=40 @10 +1 ip=203.0.113.9
-             GET /b HTTP/1.1 200 in=44 out=40 @20 +1 ip=198.51.100.2
+            "GET /a HTTP/1.1 200 in=49 out=40 @10 +1 ip=10.0.0.1
+             GET /b HTTP/1.1 200 in=61 out=40 @20 +1 ip=10.0.0.1
              GET /c HTTP/1.1 200 in=74 out=40 @30 +1 ip=2001:db8::9
-             GET /d HTTP/1.1 200 in=38 out=40 @40 +1 ip=10.0.0.1
+             GET /d HTTP/1.1 200 in=38 out=40 @40 +1 ip=127.0.0.1
              GET /e HTTP/1.1 200 in=44 out=40 @51 +1 ip=198.51.100.3
-             open=2 requests=5",
+             open=3 requests=5",
+        );
+    }
+
+    #[test]
+    fn users_and_proxies_follow_the_config() {
+        use crate::identity::{Extractor, ProxiesConfig, Trusted, UsersConfig};
+        let identify = Identify {
+            users: UsersConfig {
+                extract: vec![
+                    Extractor::Header {
+                        name: "X-User".into(),
+                    },
+                    Extractor::Query { name: "u".into() },
+                ],
+            },
+            proxies: ProxiesConfig {
+                trusted: vec![Trusted::parse("10.0.0.0/8").expect("net")],
+            },
+        };
+        let mut asm = Assembler::new(Limits::default(), 0).with_identify(identify);
+        let out = run(
+            &mut asm,
+            &[
+                accept(4, 1, v4([10, 0, 0, 1])),
+                read(
+                    4,
+                    10,
+                    "GET /a?x=1 HTTP/1.1\r\nX-User: ann\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+                ),
+                write(4, 11, OK),
+                accept(5, 20, v4([127, 0, 0, 1])),
+                read(
+                    5,
+                    21,
+                    "GET /b?u=bob HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+                ),
+                write(5, 22, OK),
+                accept(6, 30, unix()),
+                read(
+                    6,
+                    31,
+                    "GET /c HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9\r\n\r\n",
+                ),
+                write(6, 32, OK),
+            ],
+        );
+        let got: Vec<_> = out
+            .iter()
+            .map(|r| (r.user.as_deref(), r.remote_ip.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some("ann"), Some("203.0.113.9")),
+                (Some("bob"), Some("127.0.0.1")),
+                (None, None)
+            ]
         );
     }
 

@@ -16,6 +16,9 @@ pub struct ProfileArgs {
     /// The request's id (the `id` column of `query requests`).
     #[arg(long)]
     pub request: i64,
+    /// Every frame from the thread's start (gunicorn's too) instead of the app's part under one node.
+    #[arg(long)]
+    pub full_stack: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -29,6 +32,9 @@ pub struct GroupedArgs {
     /// How many of the most recent profiled requests to merge.
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Every frame from the thread's start (gunicorn's too) instead of the app's part under one node.
+    #[arg(long)]
+    pub full_stack: bool,
 }
 
 impl GroupedArgs {
@@ -42,14 +48,23 @@ impl GroupedArgs {
 }
 
 impl Source {
-    fn request_profile(&self, id: i64) -> anyhow::Result<Option<RequestProfile>> {
+    fn request_profile(&self, id: i64, full: bool) -> anyhow::Result<Option<RequestProfile>> {
         match self {
-            Self::File(store) => Ok(store::profiles::request_profile(store.connection(), id)?),
+            Self::File(store) => Ok(store::profiles::request_profile_view(
+                store.connection(),
+                id,
+                full,
+            )?),
             Self::Daemon { listen, db } => {
-                match fetch::<RequestProfile>(*listen, &format!("/api/requests/{id}/profile"), &[])
-                {
+                match fetch::<RequestProfile>(
+                    *listen,
+                    &format!("/api/requests/{id}/profile"),
+                    &[("full_stack", u8::from(full).to_string())],
+                ) {
                     Ok(Fetched::Got(p)) => Ok(Some(p)),
-                    Ok(Fetched::Unreachable(e)) => Self::fallback(db, &e)?.request_profile(id),
+                    Ok(Fetched::Unreachable(e)) => {
+                        Self::fallback(db, &e)?.request_profile(id, full)
+                    }
                     Err(e) if e.to_string().contains("404") => Ok(None),
                     Err(e) => Err(e),
                 }
@@ -57,15 +72,22 @@ impl Source {
         }
     }
 
-    fn grouped_profile(&self, key: &ProfileKey, n: usize) -> anyhow::Result<GroupedProfile> {
+    fn grouped_profile(
+        &self,
+        key: &ProfileKey,
+        n: usize,
+        full: bool,
+    ) -> anyhow::Result<GroupedProfile> {
         match self {
-            Self::File(store) => Ok(store::profiles::grouped_profile(
+            Self::File(store) => Ok(store::profiles::grouped_profile_view(
                 store.connection(),
                 key,
                 n,
+                full,
             )?),
             Self::Daemon { listen, db } => {
                 let n_param = ("n", n.to_string());
+                let full_param = ("full_stack", u8::from(full).to_string());
                 let fetched = match key {
                     ProfileKey::Endpoint(e) => {
                         let e = percent_encoding::utf8_percent_encode(
@@ -75,18 +97,20 @@ impl Source {
                         fetch(
                             *listen,
                             &format!("/api/endpoints/{e}/grouped-profile"),
-                            &[n_param],
+                            &[n_param, full_param],
                         )?
                     }
                     ProfileKey::Path(p) => fetch(
                         *listen,
                         "/api/paths/grouped-profile",
-                        &[n_param, ("path", p.clone())],
+                        &[n_param, full_param, ("path", p.clone())],
                     )?,
                 };
                 match fetched {
                     Fetched::Got(p) => Ok(p),
-                    Fetched::Unreachable(e) => Self::fallback(db, &e)?.grouped_profile(key, n),
+                    Fetched::Unreachable(e) => {
+                        Self::fallback(db, &e)?.grouped_profile(key, n, full)
+                    }
                 }
             }
         }
@@ -100,7 +124,7 @@ pub fn run_profile(
     out: &mut dyn Write,
     watch: &mut Stopwatch,
 ) -> anyhow::Result<()> {
-    let Some(p) = watch.time(|| source.request_profile(args.request))? else {
+    let Some(p) = watch.time(|| source.request_profile(args.request, args.full_stack))? else {
         bail!(
             "request {} has no profile (unknown id, or no samples: shorter than the sampling period, or the profiler \
              was off)",
@@ -118,7 +142,7 @@ pub fn run_grouped(
     watch: &mut Stopwatch,
 ) -> anyhow::Result<()> {
     let key = args.key()?;
-    let p = watch.time(|| source.grouped_profile(&key, args.limit))?;
+    let p = watch.time(|| source.grouped_profile(&key, args.limit, args.full_stack))?;
     Ok(write_grouped(&p, format, out)?)
 }
 

@@ -25,9 +25,10 @@ pub const DEFAULT_DB: &str = "/var/lib/fmd/fmd.duckdb";
 pub struct QueryArgs {
     #[command(subcommand)]
     pub command: QueryCommand,
-    /// The fmd database file.
-    #[arg(long, env = "FMD_DB", default_value = DEFAULT_DB, global = true)]
-    pub db: PathBuf,
+    /// The fmd database file [default: the store of the one running daemon, else
+    /// /var/lib/fmd/fmd.duckdb].
+    #[arg(long, env = "FMD_DB", global = true)]
+    pub db: Option<PathBuf>,
     /// Output format: aligned table, JSON (one object per line) or CSV with a header row.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     pub format: Format,
@@ -51,6 +52,9 @@ pub enum QueryCommand {
     /// The merged profile of an endpoint's (or a path's) last profiled requests; `--format folded` for
     /// flame-graph tools.
     GroupedProfile(super::profile::GroupedArgs),
+    /// App versions seen (config `app_version` or the git commit of the app's code): when each was first
+    /// and last seen and how many requests it served, oldest first.
+    Versions,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -98,7 +102,11 @@ pub enum Format {
 
 /// Runs a `query` subcommand, printing to stdout.
 pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
-    let source = Source::find(&args.db)?;
+    let db = match &args.db {
+        Some(db) => db.clone(),
+        None => default_db(Path::new(DEFAULT_DB), &store::runtime_dir())?,
+    };
+    let source = Source::find(&db)?;
     let mut out = io::stdout().lock();
     let mut watch = Stopwatch::default();
     let result = match &args.command {
@@ -123,6 +131,13 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
             let stats = watch.time(|| source.stats())?;
             written(write_stats(&stats, args.format, &mut out), &mut out)
         }
+        QueryCommand::Versions => {
+            let rows = watch.time(|| source.versions())?;
+            written(
+                super::write_versions(&rows, args.format, &mut out),
+                &mut out,
+            )
+        }
         QueryCommand::Profile(profile) => finish(
             super::profile::run_profile(&source, profile, args.format, &mut out, &mut watch),
             &mut out,
@@ -136,6 +151,40 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         let _ = writeln!(io::stderr().lock(), "{}", timing_line(took));
     }
     result
+}
+
+/// The store to read without `--db`: `default` when a daemon runs on it; else the store of the one
+/// running daemon registered in `runtime` (several: the user picks with `--db`); else `default`.
+pub fn default_db(default: &Path, runtime: &Path) -> anyhow::Result<PathBuf> {
+    if matches!(DaemonFile::read(default), Ok(Some(d)) if d.is_alive()) {
+        return Ok(default.to_owned());
+    }
+    let running = store::Registration::running(runtime);
+    match running.as_slice() {
+        [] => Ok(default.to_owned()),
+        [one] => {
+            tracing::debug!(db = %one.db.display(), pid = one.pid, "reading the running daemon's store");
+            Ok(one.db.clone())
+        }
+        several => {
+            let list: Vec<String> = several
+                .iter()
+                .map(|r| {
+                    format!(
+                        "  --db {}  (fmd-daemon pid {}, http://{})",
+                        r.db.display(),
+                        r.pid,
+                        r.listen
+                    )
+                })
+                .collect();
+            bail!(
+                "{} fmd daemons are running; pick one with --db:\n{}",
+                several.len(),
+                list.join("\n")
+            )
+        }
+    }
 }
 
 /// `--timing`: the time spent in the query calls, without opening the store or writing the output.
@@ -331,9 +380,11 @@ pub fn write_requests(rows: &[RequestRow], format: Format, out: &mut dyn Write) 
                 "bytes_in",
                 "bytes_out",
                 "endpoint",
+                "version",
+                "user",
             ];
             let right = [
-                true, false, false, false, true, true, false, true, true, true, false,
+                true, false, false, false, true, true, false, true, true, true, false, false, false,
             ];
             let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
             let cells: Vec<Vec<String>> = rows
@@ -355,6 +406,8 @@ pub fn write_requests(rows: &[RequestRow], format: Format, out: &mut dyn Write) 
                         r.bytes_in.to_string(),
                         r.bytes_out.to_string(),
                         opt(&r.endpoint),
+                        short_version(r.version.as_deref()),
+                        opt(&r.user),
                     ]
                 })
                 .collect();
@@ -363,8 +416,18 @@ pub fn write_requests(rows: &[RequestRow], format: Format, out: &mut dyn Write) 
     }
 }
 
+/// A version for the table: git commits cut to 12 digits (as `git log --oneline` would, with room to
+/// spare); JSON and CSV keep the whole id.
+fn short_version(version: Option<&str>) -> String {
+    match version {
+        None => "-".to_owned(),
+        Some(v) if v.len() >= 40 && v.bytes().all(|b| b.is_ascii_hexdigit()) => v[..12].to_owned(),
+        Some(v) => v.to_owned(),
+    }
+}
+
 /// [`RequestRow`]'s fields in order, for the CSV header of an empty result.
-const REQUEST_FIELDS: [&str; 17] = [
+const REQUEST_FIELDS: [&str; 19] = [
     "id",
     "ts",
     "method",
@@ -382,6 +445,8 @@ const REQUEST_FIELDS: [&str; 17] = [
     "tid",
     "host",
     "user_agent",
+    "version",
+    "user",
 ];
 
 /// Writes `stats`: JSON as one object on one line; table and CSV as `name, value` rows, the named counters
@@ -492,6 +557,8 @@ mod tests {
             tid: r.tid,
             host: r.host,
             user_agent: r.user_agent,
+            version: r.version,
+            user: r.user,
         }
     }
 
@@ -503,27 +570,32 @@ mod tests {
 
     #[test]
     fn requests_as_table() {
+        let mut versioned = row(1);
+        versioned.version = Some("1.4".into());
+        versioned.user = Some("ann".into());
+        let mut committed = row(10);
+        committed.version = Some("0123456789abcdef0123456789abcdef01234567".into());
         check(
-            &[row(0), row(1), row(10)],
+            &[row(0), versioned, committed],
             Format::Table,
             "\
-id  ts                           method  path         status  duration_ms  remote_ip  worker_pid  bytes_in  bytes_out  endpoint
- 1  2026-11-23T15:56:41.123456Z  GET     /item/0?q=0     200        1.500  -                4000       100       2000  item
- 2  2026-11-23T15:56:41.124456Z  POST    /item/1         201        1.500  10.0.0.1         4001       101       2001  -
-11  2026-11-23T15:56:41.133456Z  GET     /item/10        200        1.500  10.0.0.10        4001       110       2010  item
+id  ts                           method  path         status  duration_ms  remote_ip  worker_pid  bytes_in  bytes_out  endpoint  version       user
+ 1  2026-11-23T15:56:41.123456Z  GET     /item/0?q=0     200        1.500  -                4000       100       2000  item      -             -
+ 2  2026-11-23T15:56:41.124456Z  POST    /item/1         201        1.500  10.0.0.1         4001       101       2001  -         1.4           ann
+11  2026-11-23T15:56:41.133456Z  GET     /item/10        200        1.500  10.0.0.10        4001       110       2010  item      0123456789ab  -
 ",
         );
         check(
             &[],
             Format::Table,
-            "id  ts  method  path  status  duration_ms  remote_ip  worker_pid  bytes_in  bytes_out  endpoint\n",
+            "id  ts  method  path  status  duration_ms  remote_ip  worker_pid  bytes_in  bytes_out  endpoint  version  user\n",
         );
     }
 
     #[test]
     fn requests_as_csv() {
         let header = "id,ts,method,path,query,status,duration_ms,remote_ip,worker_pid,bytes_in,bytes_out,endpoint,rule,\
-                      http_version,tid,host,user_agent\n";
+                      http_version,tid,host,user_agent,version,user\n";
         check(&[], Format::Csv, header);
         let mut quoted = row(1);
         quoted.path = "/a,\"b\"".into();
@@ -532,8 +604,8 @@ id  ts                           method  path         status  duration_ms  remot
             Format::Csv,
             &format!(
                 "{header}1,2026-11-23T15:56:41.123456Z,GET,/item/0,q=0,200,1.5,,4000,100,2000,item,/item/<int:id>,HTTP/1.1,\
-                 5000,localhost:8000,\n2,2026-11-23T15:56:41.124456Z,POST,\"/a,\"\"b\"\"\",,201,1.500001,10.0.0.1,4001,101,\
-                 2001,,,HTTP/1.1,5001,localhost:8000,curl/8.5.0\n"
+                 5000,localhost:8000,,,\n2,2026-11-23T15:56:41.124456Z,POST,\"/a,\"\"b\"\"\",,201,1.500001,10.0.0.1,4001,101,\
+                 2001,,,HTTP/1.1,5001,localhost:8000,curl/8.5.0,,\n"
             ),
         );
     }
@@ -666,7 +738,7 @@ symbols_unknown         7
         .expect("parse");
         assert_eq!(
             (args.format, args.db),
-            (Format::Csv, PathBuf::from("/tmp/x.duckdb"))
+            (Format::Csv, Some(PathBuf::from("/tmp/x.duckdb")))
         );
         let QueryCommand::Requests(requests) = args.command else {
             panic!("not requests")
@@ -819,6 +891,53 @@ symbols_unknown         7
             .expect("rows");
         assert_eq!(rows, [row(2), row(3)]);
         assert_eq!(source.stats().expect("stats").requests_stored, 4);
+    }
+
+    #[test]
+    fn without_db_the_running_daemon_is_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = dir.path().join("run");
+        let default = dir.path().join("default.duckdb");
+        let listen: SocketAddr = "127.0.0.1:9999".parse().expect("addr");
+        let me = std::process::id();
+        // Nothing runs: the default path (whose absence the store reports).
+        assert_eq!(default_db(&default, &runtime).expect("db"), default);
+        // One daemon on another store: that store.
+        let demo = dir.path().join("demo.duckdb");
+        let register = |db: &Path| {
+            DaemonFile { pid: me, listen }
+                .write(db)
+                .expect("daemon file");
+            store::Registration {
+                pid: me,
+                listen,
+                db: db.to_owned(),
+            }
+        };
+        register(&demo).write(&runtime).expect("register");
+        assert_eq!(default_db(&default, &runtime).expect("db"), demo);
+        // Several: a list to pick from.
+        let other = dir.path().join("other.duckdb");
+        let mut second = register(&other);
+        second.pid = 1; // a live pid whose entry names the other store...
+        second.write(&runtime).expect("register");
+        DaemonFile { pid: 1, listen }
+            .write(&other)
+            .expect("daemon file");
+        let err = default_db(&default, &runtime)
+            .expect_err("ambiguous")
+            .to_string();
+        assert!(
+            err.starts_with("2 fmd daemons are running; pick one with --db:\n"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("--db {}", demo.display())), "{err}");
+        assert!(err.contains(&format!("--db {}", other.display())), "{err}");
+        // A daemon on the default store wins.
+        DaemonFile { pid: me, listen }
+            .write(&default)
+            .expect("daemon file");
+        assert_eq!(default_db(&default, &runtime).expect("db"), default);
     }
 
     #[test]

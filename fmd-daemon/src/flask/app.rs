@@ -37,6 +37,9 @@ pub struct UrlMap {
     /// Rule template -> its `defaults` (values shown as read: str, int, or the type name), for rules that have
     /// some.
     pub defaults: BTreeMap<String, Vec<(String, String)>>,
+    /// The app's `root_path` (the directory of its module, in the process's view): where its code, and
+    /// the git checkout that gives its version, live.
+    pub root_path: Option<String>,
 }
 
 /// A Flask app found in a process, and how.
@@ -378,6 +381,7 @@ pub fn read_url_map<M: Memory>(interp: &Interpreter<M>, app: u64) -> Result<UrlM
         strict_slashes,
         merge_slashes,
         host_matching,
+        root_path: attrs.get("root_path").and_then(|&v| r.str(v).ok()),
         ..UrlMap::default()
     };
     let mut seen = HashSet::new();

@@ -4,6 +4,7 @@
 pub mod attribution;
 pub mod collector;
 pub mod tree;
+pub mod trim;
 
 pub use attribution::{Attributor, FrameId, ProfiledRequest, Sample};
 pub use collector::Collector;

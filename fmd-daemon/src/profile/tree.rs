@@ -142,9 +142,26 @@ pub fn flatten(nodes: &[Node]) -> Vec<TreeNode> {
     out
 }
 
+/// What shares are taken of: each request's duration, or the weight of its samples when that is more (a
+/// sample's weight runs to the sampler's next tick, or to the end of a wait, which can pass the request's
+/// end), so that no node shows more than 100% and siblings never add up to more than their parent.
+fn share_base(stacks: &[StackWeight], durations: &[u64]) -> u64 {
+    let mut weights = vec![0u64; durations.len()];
+    for s in stacks {
+        if let Some(w) = weights.get_mut(s.request) {
+            *w = w.saturating_add(s.weight_ns);
+        }
+    }
+    durations
+        .iter()
+        .zip(&weights)
+        .map(|(&d, &w)| d.max(w))
+        .fold(0u64, u64::saturating_add)
+}
+
 /// One request's execution tree, in pre-order.
 pub fn request_tree(stacks: &[StackWeight], duration_ns: u64) -> Vec<TreeNode> {
-    flatten(&build(stacks, duration_ns, None))
+    flatten(&build(stacks, share_base(stacks, &[duration_ns]), None))
 }
 
 /// One row of a merged profile's flat table: a code line wherever it appears in the stacks.
@@ -173,6 +190,7 @@ pub struct GroupedProfile {
 /// The merged profile of `durations.len()` requests (`StackWeight::request` indexes `durations`).
 pub fn grouped(stacks: &[StackWeight], durations: &[u64]) -> GroupedProfile {
     let total_ns: u64 = durations.iter().sum();
+    let base_ns = share_base(stacks, durations);
     let n = durations.len();
     let mut lines: BTreeMap<i64, (u64, BTreeMap<usize, u64>)> = BTreeMap::new();
     for s in stacks {
@@ -196,10 +214,10 @@ pub fn grouped(stacks: &[StackWeight], durations: &[u64]) -> GroupedProfile {
                 total_ms: ns_to_ms(total),
                 avg_ms,
                 std_ms,
-                share: if total_ns == 0 {
+                share: if base_ns == 0 {
                     0.0
                 } else {
-                    total as f64 / total_ns as f64
+                    total as f64 / base_ns as f64
                 },
             }
         })
@@ -212,7 +230,7 @@ pub fn grouped(stacks: &[StackWeight], durations: &[u64]) -> GroupedProfile {
     GroupedProfile {
         requests: n,
         total_ms: ns_to_ms(total_ns),
-        tree: flatten(&build(stacks, total_ns, Some(n))),
+        tree: flatten(&build(stacks, base_ns, Some(n))),
         lines,
     }
 }
@@ -299,6 +317,29 @@ mod tests {
         // Deeper than any JSON parser nests: a flat list.
         let deep: Vec<i64> = (0..1000).collect();
         assert_eq!(request_tree(&[sw(0, &deep, 1, 1)], 1).len(), 1000);
+    }
+
+    #[test]
+    fn shares_never_pass_100_percent() {
+        // Samples weighing 150 ms in a 100 ms request (the last tick ran past its end).
+        check_tree(
+            &[sw(0, &[1, 2], 90, 9), sw(0, &[1, 3], 60, 6)],
+            100,
+            &[(0, 1, 15, 150, 100), (1, 2, 9, 90, 60), (1, 3, 6, 60, 40)],
+        );
+        // Merged: one request over its duration, one under it.
+        let g = grouped(
+            &[sw(0, &[1], 150, 15), sw(1, &[1], 50, 5)],
+            &[100_000_000, 100_000_000],
+        );
+        assert_eq!(g.total_ms.round() as u64, 200);
+        let shares: Vec<u64> = g
+            .tree
+            .iter()
+            .map(|n| (n.share * 100.0).round() as u64)
+            .collect();
+        assert_eq!(shares, [80]);
+        assert!(g.lines.iter().all(|l| l.share <= 1.0), "{:?}", g.lines);
     }
 
     #[test]

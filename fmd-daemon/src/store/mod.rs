@@ -9,11 +9,13 @@
 mod daemon_file;
 mod endpoints;
 pub mod profiles;
+mod registry;
 mod requests;
 pub mod rollup;
 pub mod schema;
 mod stats;
 pub mod time;
+pub mod versions;
 mod writer;
 
 use std::{
@@ -29,8 +31,10 @@ pub use self::{
         attribution, endpoint_list, endpoints, mode_name, modes, set_attribution, unmatched,
         upsert_routes, Attribution, EndpointList, EndpointRow, MONITOR_LEVEL,
     },
+    registry::{runtime_dir, Registration},
     requests::{append_requests, requests, RequestFilter, RequestRow},
     stats::{begin_run, counters, end_run, names, set_counters, stats, RunInfo, Stats},
+    versions::{versions, VersionRow},
     writer::{spawn_writer, WriterHandle, WriterReport},
 };
 
@@ -302,6 +306,7 @@ pub(crate) mod test_support {
             head: format!("GET /item/{i} HTTP/1.1\r\n").into_bytes(),
             endpoint: i.is_multiple_of(2).then(|| "item".to_owned()),
             rule: i.is_multiple_of(2).then(|| "/item/<int:id>".to_owned()),
+            ..Request::default()
         }
     }
 }

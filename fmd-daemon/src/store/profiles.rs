@@ -17,7 +17,10 @@ use duckdb::{
 use serde::{Deserialize, Serialize};
 
 use super::{transaction, Error};
-use crate::profile::tree::{self, GroupedLine, StackWeight, TreeNode};
+use crate::profile::{
+    tree::{self, GroupedLine, StackWeight, TreeNode},
+    trim,
+};
 
 /// Schema of the profile tables (migration 2). Stacks are frame ids joined by commas, outermost first.
 pub const MIGRATION: &str = "
@@ -358,10 +361,20 @@ pub struct GroupedProfile {
     pub folded: String,
 }
 
-/// The profile of request `request_id`; `None` when it has none (unknown request, or no samples).
+/// The profile of request `request_id` from the app's WSGI entry down (the server's frames folded);
+/// `None` when it has none (unknown request, or no samples).
 pub fn request_profile(
     conn: &Connection,
     request_id: i64,
+) -> Result<Option<RequestProfile>, Error> {
+    request_profile_view(conn, request_id, false)
+}
+
+/// [`request_profile`], with every frame from the thread's start when `full_stack`.
+pub fn request_profile_view(
+    conn: &Connection,
+    request_id: i64,
+    full_stack: bool,
 ) -> Result<Option<RequestProfile>, Error> {
     let found = conn.query_row(
         "SELECT p.id, p.duration_ns, p.truncated, p.gc_ns FROM requests r JOIN profiled_requests p
@@ -386,8 +399,11 @@ pub fn request_profile(
             })
         }
     };
-    let stacks = stacks_of(conn, &[profile_id])?;
-    let frames = frames_of(conn, &stacks)?;
+    let mut stacks = stacks_of(conn, &[profile_id])?;
+    let mut frames = frames_of(conn, &stacks)?;
+    if !full_stack {
+        frames = fold_server(&mut stacks, frames);
+    }
     Ok(Some(RequestProfile {
         request_id,
         duration_ms: duration_ns as f64 / 1e6,
@@ -399,11 +415,21 @@ pub fn request_profile(
     }))
 }
 
-/// The merged profile of the last `n` profiled requests of `key`.
+/// The merged profile of the last `n` profiled requests of `key`, from the app's WSGI entry down.
 pub fn grouped_profile(
     conn: &Connection,
     key: &ProfileKey,
     n: usize,
+) -> Result<GroupedProfile, Error> {
+    grouped_profile_view(conn, key, n, false)
+}
+
+/// [`grouped_profile`], with every frame from the thread's start when `full_stack`.
+pub fn grouped_profile_view(
+    conn: &Connection,
+    key: &ProfileKey,
+    n: usize,
+    full_stack: bool,
 ) -> Result<GroupedProfile, Error> {
     let (filter, value) = match key {
         ProfileKey::Endpoint(e) => ("coalesce(p.endpoint, r.endpoint) = ?", e),
@@ -438,7 +464,10 @@ pub fn grouped_profile(
     for s in &mut stacks {
         s.request = position.get(&(s.request as i64)).copied().unwrap_or(0);
     }
-    let frames = frames_of(conn, &stacks)?;
+    let mut frames = frames_of(conn, &stacks)?;
+    if !full_stack {
+        frames = fold_server(&mut stacks, frames);
+    }
     let labels: HashMap<i64, String> = frames
         .iter()
         .map(|f| (f.id, format!("{} ({}:{})", f.function, f.file, f.line)))
@@ -465,6 +494,40 @@ pub fn grouped_profile(
                 .unwrap_or_else(|| "<unknown>".to_owned())
         }),
     })
+}
+
+/// Folds each stack's server frames into [`trim::SERVER_FRAME`] ([`trim::fold_server`]); the frames
+/// still used, plus the folded node's when some stack has it.
+fn fold_server(stacks: &mut [StackWeight], frames: Vec<FrameInfo>) -> Vec<FrameInfo> {
+    let roles: HashMap<i64, trim::Role> = frames
+        .iter()
+        .map(|f| (f.id, trim::role(&f.file, &f.function)))
+        .collect();
+    trim::fold_server(stacks, |id| {
+        roles.get(&id).copied().unwrap_or(trim::Role::Other)
+    });
+    let used: std::collections::HashSet<i64> = stacks
+        .iter()
+        .flat_map(|s| s.frames.iter().copied())
+        .collect();
+    let mut frames: Vec<FrameInfo> = frames
+        .into_iter()
+        .filter(|f| used.contains(&f.id))
+        .collect();
+    if used.contains(&trim::SERVER_FRAME) {
+        frames.insert(
+            0,
+            FrameInfo {
+                id: trim::SERVER_FRAME,
+                file: trim::SERVER_FILE.to_owned(),
+                line: 0,
+                function: trim::SERVER_FUNCTION.to_owned(),
+                first_line: 0,
+                source: None,
+            },
+        );
+    }
+    frames
 }
 
 /// The stacks of the given profiles; `request` holds the profile id.

@@ -37,6 +37,12 @@ pub struct RequestRow {
     pub tid: u32,
     pub host: Option<String>,
     pub user_agent: Option<String>,
+    /// The app version that served it (config `app_version` or the git commit).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Who made it (the `[users]` extractors).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Which requests to read. Bounds are microseconds since the epoch: `since` inclusive, `until` exclusive.
@@ -73,7 +79,7 @@ pub fn requests(conn: &Connection, filter: &RequestFilter) -> Result<Vec<Request
         format!("WHERE {}", conditions.join(" AND "))
     };
     let columns = "id, epoch_us(ts), method, path, query, status, duration_ms, remote_ip, worker_pid, bytes_in, \
-                   bytes_out, endpoint, rule, http_version, tid, host, user_agent";
+                   bytes_out, endpoint, rule, http_version, tid, host, user_agent, version, \"user\"";
     let sql = match filter.limit {
         // The newest `limit` rows, then put back in time order.
         Some(limit) => {
@@ -110,6 +116,8 @@ pub fn requests(conn: &Connection, filter: &RequestFilter) -> Result<Vec<Request
                 tid: row.get(14)?,
                 host: row.get(15)?,
                 user_agent: row.get(16)?,
+                version: row.get(17)?,
+                user: row.get(18)?,
             })
         })
         .map_err(sql_err)?;
@@ -138,6 +146,33 @@ pub fn append_requests(
     transaction(conn, || append_rows(conn, run_id, first_id, batch))
 }
 
+/// Columns in the order [`append_rows`] gives values: named, so columns added by later migrations (in
+/// whatever order they were merged) never shift the values.
+const APPEND_COLUMNS: &[&str] = &[
+    "id",
+    "run_id",
+    "ts",
+    "duration_ns",
+    "duration_ms",
+    "method",
+    "path",
+    "query",
+    "http_version",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "remote_ip",
+    "worker_pid",
+    "tid",
+    "host",
+    "user_agent",
+    "head",
+    "endpoint",
+    "rule",
+    "version",
+    "user",
+];
+
 /// Appends `batch` with ids `first_id..` inside the caller's transaction (see [`transaction`]).
 pub(super) fn append_rows(
     conn: &Connection,
@@ -146,7 +181,7 @@ pub(super) fn append_rows(
     batch: &[Request],
 ) -> Result<(), Error> {
     let appended = (|| {
-        let mut appender = conn.appender("requests")?;
+        let mut appender = conn.appender_with_columns("requests", APPEND_COLUMNS)?;
         for (id, r) in (first_id..).zip(batch) {
             appender.append_row(params![
                 id,
@@ -170,6 +205,8 @@ pub(super) fn append_rows(
                 r.head,
                 r.endpoint,
                 r.rule,
+                r.version,
+                r.user,
             ])?;
         }
         appender.flush()
@@ -177,7 +214,8 @@ pub(super) fn append_rows(
     appended.map_err(|source| Error::Sql {
         what: "append requests",
         source,
-    })
+    })?;
+    super::versions::count(conn, batch)
 }
 
 #[cfg(test)]
@@ -212,6 +250,8 @@ mod tests {
             tid: r.tid,
             host: r.host.clone(),
             user_agent: r.user_agent.clone(),
+            version: r.version.clone(),
+            user: r.user.clone(),
         }
     }
 
@@ -428,6 +468,8 @@ mod tests {
             "tid": 5003,
             "host": "localhost:8000",
             "user_agent": "curl/8.5.0",
+            "version": null,
+            "user": null,
         });
         assert_eq!(json, expect);
         let text = serde_json::to_string(&row).expect("text");

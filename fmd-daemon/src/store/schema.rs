@@ -79,6 +79,8 @@ const MIGRATIONS: &[&str] = &[
     super::profiles::MIGRATION,
     // 4: per-endpoint rollups of the requests (store/rollup.rs).
     super::rollup::MIGRATION,
+    // 5: request versions and users, and when each version was first seen (store/versions.rs).
+    super::versions::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -175,7 +177,8 @@ mod tests {
                 "profiled_requests",
                 "requests",
                 "rollup_state",
-                "schema_version"
+                "schema_version",
+                "versions"
             ]
         );
     }
