@@ -37,4 +37,8 @@ pub struct Request {
     pub endpoint: Option<String>,
     /// The matched rule template, e.g. `/user/<int:id>`.
     pub rule: Option<String>,
+    /// Python tracebacks the serving thread logged while serving it, in order; the last is the exception
+    /// the request raised (`exceptions::collector`). Stored in `exception_occurrences`, not on the row.
+    #[serde(skip)]
+    pub exceptions: Vec<crate::exceptions::Logged>,
 }

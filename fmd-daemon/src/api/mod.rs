@@ -3,6 +3,7 @@
 
 mod endpoints;
 mod error;
+mod exceptions;
 mod overview;
 mod profiles;
 mod requests;
@@ -69,6 +70,8 @@ pub fn router(state: AppState) -> Router {
             get(profiles::endpoint_grouped),
         )
         .route("/api/paths/grouped-profile", get(profiles::path_grouped))
+        .route("/api/exceptions", get(exceptions::exceptions))
+        .route("/api/exceptions/{group}", get(exceptions::exception))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -51,6 +51,9 @@ pub enum QueryCommand {
     /// The merged profile of an endpoint's (or a path's) last profiled requests; `--format folded` for
     /// flame-graph tools.
     GroupedProfile(super::profile::GroupedArgs),
+    /// Exceptions the app logged while serving requests, grouped by type and place, per endpoint; most
+    /// recently seen first. `--group G` shows one group's traceback with its source.
+    Exceptions(super::exceptions::ExceptionsArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -129,6 +132,10 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         ),
         QueryCommand::GroupedProfile(grouped) => finish(
             super::profile::run_grouped(&source, grouped, args.format, &mut out, &mut watch),
+            &mut out,
+        ),
+        QueryCommand::Exceptions(exceptions) => finish(
+            super::exceptions::run(&source, exceptions, args.format, &mut out, &mut watch),
             &mut out,
         ),
     };
@@ -364,7 +371,7 @@ pub fn write_requests(rows: &[RequestRow], format: Format, out: &mut dyn Write) 
 }
 
 /// [`RequestRow`]'s fields in order, for the CSV header of an empty result.
-const REQUEST_FIELDS: [&str; 17] = [
+const REQUEST_FIELDS: [&str; 18] = [
     "id",
     "ts",
     "method",
@@ -382,6 +389,7 @@ const REQUEST_FIELDS: [&str; 17] = [
     "tid",
     "host",
     "user_agent",
+    "exception",
 ];
 
 /// Writes `stats`: JSON as one object on one line; table and CSV as `name, value` rows, the named counters
@@ -492,6 +500,7 @@ mod tests {
             tid: r.tid,
             host: r.host,
             user_agent: r.user_agent,
+            exception: None,
         }
     }
 
@@ -523,7 +532,7 @@ id  ts                           method  path         status  duration_ms  remot
     #[test]
     fn requests_as_csv() {
         let header = "id,ts,method,path,query,status,duration_ms,remote_ip,worker_pid,bytes_in,bytes_out,endpoint,rule,\
-                      http_version,tid,host,user_agent\n";
+                      http_version,tid,host,user_agent,exception\n";
         check(&[], Format::Csv, header);
         let mut quoted = row(1);
         quoted.path = "/a,\"b\"".into();
@@ -532,8 +541,8 @@ id  ts                           method  path         status  duration_ms  remot
             Format::Csv,
             &format!(
                 "{header}1,2026-11-23T15:56:41.123456Z,GET,/item/0,q=0,200,1.5,,4000,100,2000,item,/item/<int:id>,HTTP/1.1,\
-                 5000,localhost:8000,\n2,2026-11-23T15:56:41.124456Z,POST,\"/a,\"\"b\"\"\",,201,1.500001,10.0.0.1,4001,101,\
-                 2001,,,HTTP/1.1,5001,localhost:8000,curl/8.5.0\n"
+                 5000,localhost:8000,,\n2,2026-11-23T15:56:41.124456Z,POST,\"/a,\"\"b\"\"\",,201,1.500001,10.0.0.1,4001,101,\
+                 2001,,,HTTP/1.1,5001,localhost:8000,curl/8.5.0,\n"
             ),
         );
     }

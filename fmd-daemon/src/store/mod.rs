@@ -8,6 +8,7 @@
 
 mod daemon_file;
 mod endpoints;
+mod exceptions;
 pub mod profiles;
 mod requests;
 pub mod rollup;
@@ -28,6 +29,10 @@ pub use self::{
     endpoints::{
         attribution, endpoint_list, endpoints, mode_name, modes, set_attribution, unmatched,
         upsert_routes, Attribution, EndpointList, EndpointRow, MONITOR_LEVEL,
+    },
+    exceptions::{
+        exception_group, exception_groups, EndpointCount, ExceptionFilter, ExceptionGroupDetail,
+        ExceptionGroupRow,
     },
     requests::{append_requests, requests, RequestFilter, RequestRow},
     stats::{begin_run, counters, end_run, names, set_counters, stats, RunInfo, Stats},
@@ -302,6 +307,7 @@ pub(crate) mod test_support {
             head: format!("GET /item/{i} HTTP/1.1\r\n").into_bytes(),
             endpoint: i.is_multiple_of(2).then(|| "item".to_owned()),
             rule: i.is_multiple_of(2).then(|| "/item/<int:id>".to_owned()),
+            exceptions: Vec::new(),
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct RequestRow {
     pub tid: u32,
     pub host: Option<String>,
     pub user_agent: Option<String>,
+    /// The exception group the request raised (`/api/exceptions/{group}`), when it logged a traceback.
+    pub exception: Option<String>,
 }
 
 /// Which requests to read. Bounds are microseconds since the epoch: `since` inclusive, `until` exclusive.
@@ -74,16 +76,17 @@ pub fn requests(conn: &Connection, filter: &RequestFilter) -> Result<Vec<Request
     };
     let columns = "id, epoch_us(ts), method, path, query, status, duration_ms, remote_ip, worker_pid, bytes_in, \
                    bytes_out, endpoint, rule, http_version, tid, host, user_agent";
+    let exception = super::exceptions::REQUEST_EXCEPTION_SQL;
     let sql = match filter.limit {
-        // The newest `limit` rows, then put back in time order.
+        // The newest `limit` rows, then put back in time order (and only they look up their exception).
         Some(limit) => {
             values.push(Value::UBigInt(limit));
             format!(
-                "SELECT * FROM (SELECT {columns} FROM requests {filter_sql} ORDER BY ts DESC, id DESC LIMIT ?) \
-                 ORDER BY 2, 1"
+                "SELECT *, {exception} FROM (SELECT {columns} FROM requests {filter_sql} ORDER BY ts DESC, id DESC \
+                 LIMIT ?) r ORDER BY 2, 1"
             )
         }
-        None => format!("SELECT {columns} FROM requests {filter_sql} ORDER BY ts, id"),
+        None => format!("SELECT {columns}, {exception} FROM requests r {filter_sql} ORDER BY ts, id"),
     };
     let sql_err = |source| Error::Sql {
         what: "read requests",
@@ -110,6 +113,7 @@ pub fn requests(conn: &Connection, filter: &RequestFilter) -> Result<Vec<Request
                 tid: row.get(14)?,
                 host: row.get(15)?,
                 user_agent: row.get(16)?,
+                exception: row.get(17)?,
             })
         })
         .map_err(sql_err)?;
@@ -138,7 +142,8 @@ pub fn append_requests(
     transaction(conn, || append_rows(conn, run_id, first_id, batch))
 }
 
-/// Appends `batch` with ids `first_id..` inside the caller's transaction (see [`transaction`]).
+/// Appends `batch` with ids `first_id..`, and the exceptions they logged, inside the caller's transaction
+/// (see [`transaction`]).
 pub(super) fn append_rows(
     conn: &Connection,
     run_id: i64,
@@ -177,7 +182,8 @@ pub(super) fn append_rows(
     appended.map_err(|source| Error::Sql {
         what: "append requests",
         source,
-    })
+    })?;
+    super::exceptions::append_exceptions(conn, first_id, batch)
 }
 
 #[cfg(test)]
@@ -212,6 +218,7 @@ mod tests {
             tid: r.tid,
             host: r.host.clone(),
             user_agent: r.user_agent.clone(),
+            exception: None,
         }
     }
 
@@ -428,6 +435,7 @@ mod tests {
             "tid": 5003,
             "host": "localhost:8000",
             "user_agent": "curl/8.5.0",
+            "exception": null,
         });
         assert_eq!(json, expect);
         let text = serde_json::to_string(&row).expect("text");

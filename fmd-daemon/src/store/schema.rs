@@ -79,6 +79,8 @@ const MIGRATIONS: &[&str] = &[
     super::profiles::MIGRATION,
     // 4: per-endpoint rollups of the requests (store/rollup.rs).
     super::rollup::MIGRATION,
+    // 5: exceptions logged while serving requests, grouped (store/exceptions.rs).
+    super::exceptions::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -169,6 +171,8 @@ mod tests {
                 "endpoint_hours",
                 "endpoint_totals",
                 "endpoints",
+                "exception_groups",
+                "exception_occurrences",
                 "profile_frames",
                 "profile_samples",
                 "profile_stacks",
