@@ -92,7 +92,19 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
 
     // 50 KeyErrors raised in one place: one group of 50, on the view's endpoint.
     let key_errors: Vec<&Value> = rows.iter().filter(|r| r["type"] == "KeyError").collect();
-    assert_eq!(key_errors.len(), 1, "one KeyError group: {rows:#?}");
+    let summary: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let frames: Vec<String> = r["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| format!("{}:{}", f["function"], f["line"]))
+                .collect();
+            format!("{} {} {} {} {frames:?}", r["group"], r["type"], r["endpoint"], r["count"])
+        })
+        .collect();
+    assert_eq!(key_errors.len(), 1, "one KeyError group: {summary:#?}");
     let ke = key_errors[0];
     assert_eq!(
         (ke["count"].as_u64(), ke["endpoint"].as_str(), ke["message"].as_str()),

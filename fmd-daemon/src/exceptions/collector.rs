@@ -127,6 +127,7 @@ impl Collector {
             // The previous write's tail never came.
             stream.expect = None;
         }
+        stream.recogniser.set_time(header.ts_ns);
         stream.recogniser.feed(payload);
         let end = offset + payload.len() as u64;
         let last_record = end >= total
@@ -147,7 +148,7 @@ impl Collector {
             stream.expect = Some(end);
             stream.missing = total - end;
         }
-        collect(thread, header.fd, header.ts_ns, &mut self.counters);
+        collect(thread, header.fd, &mut self.counters);
     }
 
     /// Gives `req` the exceptions its thread logged while serving it (the last is the one it raised).
@@ -156,17 +157,24 @@ impl Collector {
         let Some(thread) = self.threads.get_mut(&key) else {
             return;
         };
-        // The request is over: what its thread was writing is complete.
-        for (fd, stream) in &mut thread.streams {
-            let done = stream.recogniser.finish();
-            self.counters.incomplete += std::mem::take(&mut stream.recogniser.counters.incomplete);
-            stream.recogniser.counters.long_lines = 0;
-            let ts = thread.last_ns;
-            thread.found.extend(done.into_iter().map(|tb| (ts, *fd, tb)));
-        }
         let start_ns = (req.ts_us.saturating_mul(1_000)).saturating_sub(self.clock_offset_ns);
         let start_ns = u64::try_from(start_ns).unwrap_or(0);
         let end_ns = start_ns.saturating_add(req.duration_ns);
+        // The request is over: what its thread was writing during it is complete. (Records of its next
+        // request may have been read already: a traceback started after this one ended is left alone.)
+        for (fd, stream) in &mut thread.streams {
+            if stream
+                .recogniser
+                .in_progress_since()
+                .is_some_and(|t| t > end_ns.saturating_add(SLACK_NS))
+            {
+                continue;
+            }
+            let done = stream.recogniser.finish();
+            self.counters.incomplete += std::mem::take(&mut stream.recogniser.counters.incomplete);
+            stream.recogniser.counters.long_lines = 0;
+            thread.found.extend(done.into_iter().map(|tb| (tb.ts_ns, *fd, tb)));
+        }
         let mut mine = Vec::new();
         let mut later = Vec::new();
         for (ts, fd, tb) in thread.found.drain(..) {
@@ -277,7 +285,7 @@ impl Collector {
 }
 
 /// Moves the tracebacks the recogniser of `fd` completed into the thread's list (bounded).
-fn collect(thread: &mut Thread, fd: i32, ts_ns: u64, counters: &mut Counters) {
+fn collect(thread: &mut Thread, fd: i32, counters: &mut Counters) {
     let Some((_, stream)) = thread.streams.iter_mut().find(|(f, _)| *f == fd) else {
         return;
     };
@@ -287,7 +295,7 @@ fn collect(thread: &mut Thread, fd: i32, ts_ns: u64, counters: &mut Counters) {
             counters.outside_requests += 1;
             thread.found.remove(0);
         }
-        thread.found.push((ts_ns, fd, tb));
+        thread.found.push((tb.ts_ns, fd, tb));
     }
 }
 
@@ -298,7 +306,7 @@ fn dedupe_across_descriptors(found: Vec<(i32, Traceback)>) -> Vec<Traceback> {
     let mut seen: Vec<(Traceback, HashMap<i32, usize>, usize)> = Vec::new();
     let mut out = Vec::new();
     for (fd, tb) in found {
-        let i = match seen.iter().position(|(t, _, _)| *t == tb) {
+        let i = match seen.iter().position(|(t, _, _)| t.chain == tb.chain) {
             Some(i) => i,
             None => {
                 seen.push((tb.clone(), HashMap::new(), 0));

@@ -68,6 +68,7 @@ mod tests {
                     relation: (i > 0).then_some(Relation::Context),
                 })
                 .collect(),
+            ts_ns: 0,
         }
     }
 

@@ -62,6 +62,8 @@ pub struct Exception {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Traceback {
     pub chain: Vec<Exception>,
+    /// When the write holding its first line was made ([`Recogniser::set_time`]).
+    pub ts_ns: u64,
 }
 
 impl Traceback {
@@ -107,6 +109,9 @@ pub struct Recogniser {
     /// The current exception's pending frame is waiting for its source line.
     frame_open: bool,
     done: Vec<Traceback>,
+    /// Time of the write being fed, and of the one the traceback in progress started in.
+    now_ns: u64,
+    started_ns: u64,
     pub counters: RecogniserCounters,
 }
 
@@ -121,12 +126,24 @@ impl Default for Recogniser {
             current: Exception::default(),
             frame_open: false,
             done: Vec::new(),
+            now_ns: 0,
+            started_ns: 0,
             counters: RecogniserCounters::default(),
         }
     }
 }
 
 impl Recogniser {
+    /// The time of the write fed next: a traceback is dated by the write its header is in.
+    pub fn set_time(&mut self, ts_ns: u64) {
+        self.now_ns = ts_ns;
+    }
+
+    /// When the traceback in progress started; `None` when none is.
+    pub fn in_progress_since(&self) -> Option<u64> {
+        (self.state != State::Idle).then_some(self.started_ns)
+    }
+
     /// Feeds the bytes of a write (or a piece of one).
     pub fn feed(&mut self, bytes: &[u8]) {
         for chunk in bytes.split_inclusive(|&b| b == b'\n') {
@@ -270,6 +287,7 @@ impl Recogniser {
         self.reset();
         self.group = group;
         self.state = State::Frames;
+        self.started_ns = self.now_ns;
     }
 
     /// An exception group's own lines carry `  | `; its sub-exceptions are nested deeper and skipped.
@@ -334,7 +352,10 @@ impl Recogniser {
         ) {
             let mut chain = std::mem::take(&mut self.chain);
             chain.push(std::mem::take(&mut self.current));
-            self.done.push(Traceback { chain });
+            self.done.push(Traceback {
+                chain,
+                ts_ns: self.started_ns,
+            });
         }
         self.reset();
     }

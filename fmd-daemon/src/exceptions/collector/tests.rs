@@ -126,6 +126,25 @@ fn a_lost_record_drops_that_traceback_and_is_counted() {
 }
 
 #[test]
+fn the_next_requests_records_read_first_do_not_move_a_traceback() {
+    // The daemon drains a batch of records, then attributes the requests that came out of it: by then the
+    // thread may already have served (and logged for) its next request.
+    let mut c = Collector::new(0);
+    write(&mut c, TID, 2, 1_500_000, tb_text("/app/app.py", "KeyError").as_bytes(), &[]);
+    write(&mut c, TID, 2, 2_500_000, tb_text("/app/app.py", "ValueError").as_bytes(), &[]);
+    // And the start of a third one, still in progress.
+    write(&mut c, TID, 2, 3_500_000, b"Traceback (most recent call last):\n  File \"/a.py\", line 1, in f\n", &[]);
+    let first = request(&mut c, TID, 1_000_000, 2_000_000);
+    let second = request(&mut c, TID, 2_000_000, 3_000_000);
+    write(&mut c, TID, 2, 3_600_000, b"    f()\nTypeError: t\n", &[]);
+    let third = request(&mut c, TID, 3_000_000, 4_000_000);
+    assert_eq!(summary(&first), [("KeyError".into(), "'missing'".into(), true)]);
+    assert_eq!(summary(&second), [("ValueError".into(), "'missing'".into(), true)]);
+    assert_eq!(summary(&third), [("TypeError".into(), "t".into(), true)]);
+    assert_eq!(c.counters().incomplete, 0);
+}
+
+#[test]
 fn a_traceback_over_several_writes_is_one() {
     // Python 3.8's block-buffered stderr, or a buffer smaller than the record: the record is cut anywhere.
     let mut c = Collector::new(0);
