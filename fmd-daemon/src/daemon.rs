@@ -186,7 +186,9 @@ fn watch_log_fds(capture: &mut Capture, pid: u32) {
     let fds = capture::logfds::log_descriptors(pid);
     match capture.watch_log_fds(pid, &fds) {
         Ok(()) => debug!(pid, ?fds, "watching log descriptors"),
-        Err(e) => warn!(pid, error = %e, "cannot watch the worker's log descriptors: its exceptions are not seen"),
+        Err(e) => {
+            warn!(pid, error = %e, "cannot watch the worker's log descriptors: its exceptions are not seen")
+        }
     }
 }
 

@@ -69,7 +69,10 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
         return;
     }
     let Some(venv) = Venv::get(label) else { return };
-    let name = format!("exc-{label}-{worker_class}-{}", if log_to_file { "file" } else { "stderr" });
+    let name = format!(
+        "exc-{label}-{worker_class}-{}",
+        if log_to_file { "file" } else { "stderr" }
+    );
     let dir = TempDir::new(&name);
     let log_file = dir.0.join("app.log");
     let env = format!("FMD_TEST_LOG_FILE={}", log_file.display());
@@ -85,7 +88,9 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
             ..Default::default()
         },
     );
-    let mut daemon = Daemon::start(app.pid(), &dir.0);
+    // Without the profiler: exception capture must not depend on it (nor wait for its programs to load).
+    let mut daemon =
+        Daemon::start_with(app.pid(), &dir.0.join("fmd.duckdb"), &["--sample-hz", "0"]);
     send(&app.addr, 4);
     let rows = groups(&daemon);
     let line = raise_line();
@@ -101,13 +106,20 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
                 .flatten()
                 .map(|f| format!("{}:{}", f["function"], f["line"]))
                 .collect();
-            format!("{} {} {} {} {frames:?}", r["group"], r["type"], r["endpoint"], r["count"])
+            format!(
+                "{} {} {} {} {frames:?}",
+                r["group"], r["type"], r["endpoint"], r["count"]
+            )
         })
         .collect();
     assert_eq!(key_errors.len(), 1, "one KeyError group: {summary:#?}");
     let ke = key_errors[0];
     assert_eq!(
-        (ke["count"].as_u64(), ke["endpoint"].as_str(), ke["message"].as_str()),
+        (
+            ke["count"].as_u64(),
+            ke["endpoint"].as_str(),
+            ke["message"].as_str()
+        ),
         (Some(BOOMS as u64), Some("boom"), Some("'missing'")),
         "{ke:#}"
     );
@@ -115,7 +127,9 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
     let helper = frames.last().expect("the innermost frame");
     assert_eq!(helper["function"], "lookup", "{helper:#}");
     assert!(
-        helper["file"].as_str().is_some_and(|f| f.ends_with("tests/apps/exceptions_app.py")),
+        helper["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("tests/apps/exceptions_app.py")),
         "{helper:#}"
     );
     assert_eq!(helper["line"].as_u64(), Some(line), "{helper:#}");
@@ -123,18 +137,31 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
     // The source around it, read from the app's file.
     let context = helper["context"].as_array().expect("context");
     assert!(
-        context.iter().any(|l| l["line"].as_u64() == Some(line) && l["code"].as_str().is_some_and(|c| c.contains("# raises"))),
+        context.iter().any(|l| l["line"].as_u64() == Some(line)
+            && l["code"].as_str().is_some_and(|c| c.contains("# raises"))),
         "{context:#?}"
     );
-    assert!(frames.iter().any(|f| f["function"] == "boom"), "the view is on the stack");
+    assert!(
+        frames.iter().any(|f| f["function"] == "boom"),
+        "the view is on the stack"
+    );
 
     // Another type from another place: its own group.
-    let bad = rows.iter().find(|r| r["type"] == "ValueError").expect("the ValueError group");
-    assert_eq!((bad["count"].as_u64(), bad["endpoint"].as_str()), (Some(BADS as u64), Some("bad")));
+    let bad = rows
+        .iter()
+        .find(|r| r["type"] == "ValueError")
+        .expect("the ValueError group");
+    assert_eq!(
+        (bad["count"].as_u64(), bad["endpoint"].as_str()),
+        (Some(BADS as u64), Some("bad"))
+    );
     assert_ne!(bad["group"], ke["group"]);
 
     // `raise ... from`: the chain keeps the KeyError that caused it.
-    let chained = rows.iter().find(|r| r["type"] == "RuntimeError").expect("the chained group");
+    let chained = rows
+        .iter()
+        .find(|r| r["type"] == "RuntimeError")
+        .expect("the chained group");
     assert_eq!(chained["message"], "lookup failed");
     assert_eq!(chained["chain"][0]["type"], "KeyError", "{chained:#}");
     assert_eq!(chained["chain"][0]["relation"], "cause", "{chained:#}");
@@ -143,7 +170,10 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
     // Requests carry the group they raised; the others none.
     let requests = daemon.query("requests", &[]);
     let count = |path: &str, group: &Value| {
-        requests.iter().filter(|r| r["path"] == path && r["exception"] == *group).count()
+        requests
+            .iter()
+            .filter(|r| r["path"] == path && r["exception"] == *group)
+            .count()
     };
     assert_eq!(count("/boom", &ke["group"]), BOOMS);
     assert_eq!(count("/bad", &bad["group"]), BADS);
@@ -157,8 +187,14 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
     let ids = detail[0]["requests"].as_array().expect("requests");
     assert!(!ids.is_empty());
     for id in ids {
-        let row = requests.iter().find(|r| r["id"] == *id).expect("a stored request");
-        assert_eq!((row["path"].as_str(), row["status"].as_u64()), (Some("/boom"), Some(500)));
+        let row = requests
+            .iter()
+            .find(|r| r["id"] == *id)
+            .expect("a stored request");
+        assert_eq!(
+            (row["path"].as_str(), row["status"].as_u64()),
+            (Some("/boom"), Some(500))
+        );
     }
 
     daemon.stop();
@@ -168,7 +204,11 @@ fn run(label: &str, worker_class: &str, log_to_file: bool) {
     assert_eq!(after[0]["count"].as_u64(), Some(BOOMS as u64));
     if log_to_file {
         let text = std::fs::read_to_string(&log_file).expect("the app's log file");
-        assert_eq!(text.matches("KeyError: 'missing'").count(), BOOMS + 1, "the app logged to its file");
+        assert_eq!(
+            text.matches("KeyError: 'missing'").count(),
+            BOOMS + 1,
+            "the app logged to its file"
+        );
     }
 }
 

@@ -52,7 +52,10 @@ pub async fn exception(
     Path(group): Path<String>,
 ) -> Result<Json<ExceptionGroupDetail>, Error> {
     let id = group.clone();
-    match state.query(move |conn| store::exception_group(conn, &id)).await? {
+    match state
+        .query(move |conn| store::exception_group(conn, &id))
+        .await?
+    {
         Some(detail) => Ok(Json(detail)),
         None => Err(Error::NotFound {
             what: format!("exception group {group:?}"),
@@ -105,13 +108,21 @@ mod tests {
         assert_eq!(group["frames"][0]["function"], "helper");
         assert_eq!(group["frames"][0]["code"], "return d['missing']");
         assert_eq!(group["frames"][0]["context"][0]["line"], 7);
-        assert!(group["first_seen"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(group["first_seen"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')));
 
         let (status, body) = get(&app, "/api/exceptions?endpoint=other").await;
         assert_eq!((status, body), (StatusCode::OK, serde_json::json!([])));
         let (status, body) = get(&app, "/api/exceptions/0123456789abcdef").await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!((body["count"].as_u64(), body["requests"].as_array().map(Vec::len)), (Some(3), Some(3)));
+        assert_eq!(
+            (
+                body["count"].as_u64(),
+                body["requests"].as_array().map(Vec::len)
+            ),
+            (Some(3), Some(3))
+        );
         let (status, body) = get(&app, "/api/exceptions/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
         let (status, _) = get(&app, "/api/exceptions?since=yesterday").await;

@@ -58,7 +58,10 @@ fn classify(fds: &[(i32, String, u64)], unix_table: &str) -> Vec<(i32, u32)> {
             if *fd == 1 || *fd == 2 {
                 return Some((*fd, log_fd::STDIO));
             }
-            if let Some(inode) = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']')) {
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+            {
                 return datagram.contains(inode).then_some((*fd, log_fd::SYSLOG));
             }
             let appending = flags & O_APPEND != 0 && flags & O_ACCMODE != 0;
@@ -101,7 +104,10 @@ mod tests {
                 (8, log_fd::SYSLOG)
             ]
         );
-        assert_eq!(fdinfo_flags("pos:\t0\nflags:\t02102001\nmnt_id:\t30\n"), Some(0o2102001));
+        assert_eq!(
+            fdinfo_flags("pos:\t0\nflags:\t02102001\nmnt_id:\t30\n"),
+            Some(0o2102001)
+        );
     }
 
     #[test]

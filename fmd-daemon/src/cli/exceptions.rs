@@ -95,13 +95,24 @@ fn raised_at(row: &ExceptionGroupRow) -> String {
         .unwrap_or_default()
 }
 
-fn write_groups(rows: &[ExceptionGroupRow], format: Format, out: &mut dyn Write) -> std::io::Result<()> {
+fn write_groups(
+    rows: &[ExceptionGroupRow],
+    format: Format,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     match format {
         Format::Json => rows.iter().try_for_each(|row| json_line(row, out)),
         Format::Csv => {
             let mut csv = csv::Writer::from_writer(out);
             csv.write_record([
-                "group", "type", "message", "endpoint", "count", "first_seen", "last_seen", "raised_at",
+                "group",
+                "type",
+                "message",
+                "endpoint",
+                "count",
+                "first_seen",
+                "last_seen",
+                "raised_at",
             ])?;
             for r in rows {
                 csv.write_record([
@@ -121,7 +132,14 @@ fn write_groups(rows: &[ExceptionGroupRow], format: Format, out: &mut dyn Write)
             let cells: Vec<Vec<String>> = rows
                 .iter()
                 .map(|r| {
-                    let message: String = r.message.lines().next().unwrap_or("").chars().take(60).collect();
+                    let message: String = r
+                        .message
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .take(60)
+                        .collect();
                     vec![
                         r.group.clone(),
                         r.endpoint.clone().unwrap_or_else(|| "-".to_owned()),
@@ -133,7 +151,14 @@ fn write_groups(rows: &[ExceptionGroupRow], format: Format, out: &mut dyn Write)
                 })
                 .collect();
             write_table(
-                &["group", "endpoint", "count", "last_seen", "exception", "raised_at"],
+                &[
+                    "group",
+                    "endpoint",
+                    "count",
+                    "last_seen",
+                    "exception",
+                    "raised_at",
+                ],
                 &[false, false, true, false, false, false],
                 &cells,
                 out,
@@ -144,31 +169,52 @@ fn write_groups(rows: &[ExceptionGroupRow], format: Format, out: &mut dyn Write)
 
 /// One group: JSON as one object; otherwise its traceback as Python prints it, with the source around
 /// each frame (the frame's line marked `>`), then its endpoints and latest requests.
-fn write_group(detail: &ExceptionGroupDetail, format: Format, out: &mut dyn Write) -> std::io::Result<()> {
+fn write_group(
+    detail: &ExceptionGroupDetail,
+    format: Format,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     if format == Format::Json {
         return json_line(detail, out);
     }
     let g = &detail.group;
-    writeln!(out, "group {}: {} occurrences, first {}, last {}", g.group, g.count, format_us(g.first_seen), format_us(g.last_seen))?;
+    writeln!(
+        out,
+        "group {}: {} occurrences, first {}, last {}",
+        g.group,
+        g.count,
+        format_us(g.first_seen),
+        format_us(g.last_seen)
+    )?;
     for e in &detail.endpoints {
-        writeln!(out, "  {}: {}", e.endpoint.as_deref().unwrap_or("-"), e.count)?;
+        writeln!(
+            out,
+            "  {}: {}",
+            e.endpoint.as_deref().unwrap_or("-"),
+            e.count
+        )?;
     }
-    let frames = |frames: &[crate::exceptions::DetailFrame], out: &mut dyn Write| -> std::io::Result<()> {
-        writeln!(out, "Traceback (most recent call last):")?;
-        for f in frames {
-            writeln!(out, "  File \"{}\", line {}, in {}", f.file, f.line, f.function)?;
-            if f.context.is_empty() {
-                if let Some(code) = &f.code {
-                    writeln!(out, "    {code}")?;
+    let frames =
+        |frames: &[crate::exceptions::DetailFrame], out: &mut dyn Write| -> std::io::Result<()> {
+            writeln!(out, "Traceback (most recent call last):")?;
+            for f in frames {
+                writeln!(
+                    out,
+                    "  File \"{}\", line {}, in {}",
+                    f.file, f.line, f.function
+                )?;
+                if f.context.is_empty() {
+                    if let Some(code) = &f.code {
+                        writeln!(out, "    {code}")?;
+                    }
+                }
+                for l in &f.context {
+                    let mark = if l.line == f.line { '>' } else { ' ' };
+                    writeln!(out, "  {mark}{:>5} {}", l.line, l.code)?;
                 }
             }
-            for l in &f.context {
-                let mark = if l.line == f.line { '>' } else { ' ' };
-                writeln!(out, "  {mark}{:>5} {}", l.line, l.code)?;
-            }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     writeln!(out)?;
     for e in &g.chain {
         frames(&e.frames, out)?;

@@ -3,10 +3,7 @@
 //! and when the request a thread served comes out of the assembler, gives it the tracebacks logged while
 //! it was served, grouped and with source context.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use fmd_common::http::{EventHeader, MAX_DATA, MAX_LOG_CHUNKS};
 
@@ -173,7 +170,9 @@ impl Collector {
             let done = stream.recogniser.finish();
             self.counters.incomplete += std::mem::take(&mut stream.recogniser.counters.incomplete);
             stream.recogniser.counters.long_lines = 0;
-            thread.found.extend(done.into_iter().map(|tb| (tb.ts_ns, *fd, tb)));
+            thread
+                .found
+                .extend(done.into_iter().map(|tb| (tb.ts_ns, *fd, tb)));
         }
         let mut mine = Vec::new();
         let mut later = Vec::new();

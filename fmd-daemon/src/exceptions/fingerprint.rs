@@ -77,7 +77,8 @@ mod tests {
     #[test]
     fn same_place_and_type_is_one_group_whatever_the_message_and_lines() {
         let a = fingerprint(&tb(&[("KeyError", "'a'", VIEW)]));
-        let moved: &[(&str, u32, &str)] = &[("/app/app.py", 12, "view"), ("/app/app.py", 5, "helper")];
+        let moved: &[(&str, u32, &str)] =
+            &[("/app/app.py", 12, "view"), ("/app/app.py", 5, "helper")];
         let b = fingerprint(&tb(&[("KeyError", "'b'", moved)]));
         assert_eq!(a, b);
         assert_eq!(a.len(), 16);
@@ -88,8 +89,10 @@ mod tests {
     #[test]
     fn type_function_file_and_chain_make_different_groups() {
         let base = fingerprint(&tb(&[("KeyError", "", VIEW)]));
-        let other_fn: &[(&str, u32, &str)] = &[("/app/app.py", 10, "view"), ("/app/app.py", 4, "other")];
-        let other_file: &[(&str, u32, &str)] = &[("/app/app.py", 10, "view"), ("/app/lib.py", 4, "helper")];
+        let other_fn: &[(&str, u32, &str)] =
+            &[("/app/app.py", 10, "view"), ("/app/app.py", 4, "other")];
+        let other_file: &[(&str, u32, &str)] =
+            &[("/app/app.py", 10, "view"), ("/app/lib.py", 4, "helper")];
         let different = [
             fingerprint(&tb(&[("ValueError", "", VIEW)])),
             fingerprint(&tb(&[("KeyError", "", other_fn)])),

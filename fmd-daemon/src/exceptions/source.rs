@@ -2,13 +2,7 @@
 //! `/proc/PID/root` (the worker may run in a container or chroot), as Flask-MonitoringDashboard shows them.
 //! Files are cached by path and re-read when their modification time changes.
 
-use std::{
-    collections::HashMap,
-    fs,
-    path::PathBuf,
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{collections::HashMap, fs, path::PathBuf, sync::Arc, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,9 +105,15 @@ mod tests {
         let pid = std::process::id();
         let got = s.around(pid, file.to_str().expect("utf-8"), 3);
         assert_eq!(got.first().map(|l| l.line), Some(1));
-        assert_eq!(got.last().map(|l| (l.line, l.code.as_str())), Some((8, "line 8")));
+        assert_eq!(
+            got.last().map(|l| (l.line, l.code.as_str())),
+            Some((8, "line 8"))
+        );
         let end = s.around(pid, file.to_str().expect("utf-8"), 19);
-        assert_eq!(end.iter().map(|l| l.line).collect::<Vec<_>>(), (14..=20).collect::<Vec<_>>());
+        assert_eq!(
+            end.iter().map(|l| l.line).collect::<Vec<_>>(),
+            (14..=20).collect::<Vec<_>>()
+        );
         assert!(s.around(pid, "<frozen runpy>", 3).is_empty());
         assert!(s.around(pid, "/nonexistent/x.py", 3).is_empty());
         assert_eq!(s.unreadable, 1);

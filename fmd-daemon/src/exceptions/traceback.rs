@@ -391,7 +391,11 @@ fn parse_frame(rest: &str) -> Option<Frame> {
     let (file, rest) = rest.rsplit_once("\", line ")?;
     let (line, function) = rest.split_once(", in ")?;
     // Python prints `line None` for a frame without a line number.
-    let line = if line == "None" { 0 } else { line.parse().ok()? };
+    let line = if line == "None" {
+        0
+    } else {
+        line.parse().ok()?
+    };
     Some(Frame {
         file: file.to_owned(),
         line,
@@ -414,9 +418,7 @@ fn parse_exception_line(line: &str) -> Option<(&str, &str)> {
     let valid = !type_name.is_empty()
         && type_name.split('.').all(|part| {
             let mut chars = part.chars();
-            chars
-                .next()
-                .is_some_and(|c| c.is_alphabetic() || c == '_')
+            chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
                 && chars.all(|c| c.is_alphanumeric() || c == '_')
         });
     valid.then_some((type_name, message))

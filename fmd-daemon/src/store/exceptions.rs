@@ -226,7 +226,10 @@ pub struct EndpointCount {
 pub const RECENT_REQUESTS: usize = 20;
 
 /// The group `group` over all endpoints; `None` when no occurrence of it is stored.
-pub fn exception_group(conn: &Connection, group: &str) -> Result<Option<ExceptionGroupDetail>, Error> {
+pub fn exception_group(
+    conn: &Connection,
+    group: &str,
+) -> Result<Option<ExceptionGroupDetail>, Error> {
     let rows = exception_groups(
         conn,
         &ExceptionFilter {
@@ -239,8 +242,16 @@ pub fn exception_group(conn: &Connection, group: &str) -> Result<Option<Exceptio
     };
     let mut summary = most.clone();
     summary.count = rows.iter().map(|r| r.count).sum();
-    summary.first_seen = rows.iter().map(|r| r.first_seen).min().unwrap_or(most.first_seen);
-    summary.last_seen = rows.iter().map(|r| r.last_seen).max().unwrap_or(most.last_seen);
+    summary.first_seen = rows
+        .iter()
+        .map(|r| r.first_seen)
+        .min()
+        .unwrap_or(most.first_seen);
+    summary.last_seen = rows
+        .iter()
+        .map(|r| r.last_seen)
+        .max()
+        .unwrap_or(most.last_seen);
     let endpoints = rows
         .iter()
         .map(|r| EndpointCount {
@@ -329,7 +340,14 @@ mod tests {
         let rows = exception_groups(conn, &ExceptionFilter::default()).expect("groups");
         let summary: Vec<_> = rows
             .iter()
-            .map(|r| (r.group.as_str(), r.endpoint.as_deref(), r.count, r.message.as_str()))
+            .map(|r| {
+                (
+                    r.group.as_str(),
+                    r.endpoint.as_deref(),
+                    r.count,
+                    r.message.as_str(),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
@@ -365,7 +383,11 @@ mod tests {
         assert_eq!(at_boom.len(), 2);
         let detail = exception_group(conn, "aaaa").expect("read").expect("found");
         assert_eq!(
-            (detail.group.count, detail.group.endpoint.as_deref(), detail.endpoints.len()),
+            (
+                detail.group.count,
+                detail.group.endpoint.as_deref(),
+                detail.endpoints.len()
+            ),
             (4, Some("boom"), 2)
         );
         assert_eq!(detail.requests, [5, 3, 2, 1]);

@@ -86,7 +86,9 @@ pub fn requests(conn: &Connection, filter: &RequestFilter) -> Result<Vec<Request
                  LIMIT ?) r ORDER BY 2, 1"
             )
         }
-        None => format!("SELECT {columns}, {exception} FROM requests r {filter_sql} ORDER BY ts, id"),
+        None => {
+            format!("SELECT {columns}, {exception} FROM requests r {filter_sql} ORDER BY ts, id")
+        }
     };
     let sql_err = |source| Error::Sql {
         what: "read requests",

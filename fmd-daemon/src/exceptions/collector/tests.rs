@@ -61,15 +61,32 @@ fn summary(req: &Request) -> Vec<(String, String, bool)> {
 #[test]
 fn a_traceback_written_while_serving_is_the_requests() {
     let mut c = Collector::new(0);
-    write(&mut c, TID, 2, 1_500_000, tb_text("/app/app.py", "KeyError").as_bytes(), &[]);
+    write(
+        &mut c,
+        TID,
+        2,
+        1_500_000,
+        tb_text("/app/app.py", "KeyError").as_bytes(),
+        &[],
+    );
     let req = request(&mut c, TID, 1_000_000, 2_000_000);
-    assert_eq!(summary(&req), [("KeyError".into(), "'missing'".into(), true)]);
+    assert_eq!(
+        summary(&req),
+        [("KeyError".into(), "'missing'".into(), true)]
+    );
     let detail: Detail = serde_json::from_str(&req.exceptions[0].detail).expect("detail json");
     assert_eq!(
-        detail.frames.iter().map(|f| (f.function.as_str(), f.line)).collect::<Vec<_>>(),
+        detail
+            .frames
+            .iter()
+            .map(|f| (f.function.as_str(), f.line))
+            .collect::<Vec<_>>(),
         [("view", 3), ("helper", 7)]
     );
-    assert_eq!(detail.frames[1].code.as_deref(), Some("return d['missing']"));
+    assert_eq!(
+        detail.frames[1].code.as_deref(),
+        Some("return d['missing']")
+    );
     assert_eq!(c.counters().recognised, 1);
     // Its thread's state is gone with it.
     assert!(c.threads.is_empty());
@@ -79,9 +96,23 @@ fn a_traceback_written_while_serving_is_the_requests() {
 fn other_threads_and_other_times_are_not_the_requests() {
     let mut c = Collector::new(0);
     // Before the request (a gthread pool thread logging between requests).
-    write(&mut c, TID, 2, 500_000, tb_text("/app/app.py", "KeyError").as_bytes(), &[]);
+    write(
+        &mut c,
+        TID,
+        2,
+        500_000,
+        tb_text("/app/app.py", "KeyError").as_bytes(),
+        &[],
+    );
     // Another thread, during the request.
-    write(&mut c, TID + 1, 2, 1_500_000, tb_text("/app/app.py", "ValueError").as_bytes(), &[]);
+    write(
+        &mut c,
+        TID + 1,
+        2,
+        1_500_000,
+        tb_text("/app/app.py", "ValueError").as_bytes(),
+        &[],
+    );
     let req = request(&mut c, TID, 1_000_000, 2_000_000);
     assert!(req.exceptions.is_empty());
     assert_eq!(c.counters().outside_requests, 1);
@@ -95,13 +126,19 @@ fn a_write_in_several_records_is_reassembled() {
     // Deep enough to need three records.
     let mut text = String::from("Traceback (most recent call last):\n");
     for i in 0..200 {
-        text.push_str(&format!("  File \"/app/deep.py\", line {i}, in level{i}\n    level{}()\n", i + 1));
+        text.push_str(&format!(
+            "  File \"/app/deep.py\", line {i}, in level{i}\n    level{}()\n",
+            i + 1
+        ));
     }
     text.push_str("RecursionError: too deep\n");
     assert!(text.len() > 2 * MAX_DATA);
     write(&mut c, TID, 2, 1_500_000, text.as_bytes(), &[]);
     let req = request(&mut c, TID, 1_000_000, 2_000_000);
-    assert_eq!(summary(&req), [("RecursionError".into(), "too deep".into(), true)]);
+    assert_eq!(
+        summary(&req),
+        [("RecursionError".into(), "too deep".into(), true)]
+    );
     let detail: Detail = serde_json::from_str(&req.exceptions[0].detail).expect("json");
     assert_eq!(detail.frames.len(), 200);
     assert_eq!(c.counters().bytes_lost, 0);
@@ -112,14 +149,27 @@ fn a_lost_record_drops_that_traceback_and_is_counted() {
     let mut c = Collector::new(0);
     let mut text = String::from("Traceback (most recent call last):\n");
     for i in 0..200 {
-        text.push_str(&format!("  File \"/app/deep.py\", line {i}, in level{i}\n    level{}()\n", i + 1));
+        text.push_str(&format!(
+            "  File \"/app/deep.py\", line {i}, in level{i}\n    level{}()\n",
+            i + 1
+        ));
     }
     text.push_str("RecursionError: too deep\n");
     write(&mut c, TID, 2, 1_500_000, text.as_bytes(), &[1]);
     // The next traceback of the same request is still found.
-    write(&mut c, TID, 2, 1_600_000, tb_text("/app/app.py", "KeyError").as_bytes(), &[]);
+    write(
+        &mut c,
+        TID,
+        2,
+        1_600_000,
+        tb_text("/app/app.py", "KeyError").as_bytes(),
+        &[],
+    );
     let req = request(&mut c, TID, 1_000_000, 2_000_000);
-    assert_eq!(summary(&req), [("KeyError".into(), "'missing'".into(), true)]);
+    assert_eq!(
+        summary(&req),
+        [("KeyError".into(), "'missing'".into(), true)]
+    );
     let counters = c.counters();
     assert!(counters.bytes_lost > 0, "{counters:?}");
     assert_eq!(counters.incomplete, 1, "{counters:?}");
@@ -130,16 +180,43 @@ fn the_next_requests_records_read_first_do_not_move_a_traceback() {
     // The daemon drains a batch of records, then attributes the requests that came out of it: by then the
     // thread may already have served (and logged for) its next request.
     let mut c = Collector::new(0);
-    write(&mut c, TID, 2, 1_500_000, tb_text("/app/app.py", "KeyError").as_bytes(), &[]);
-    write(&mut c, TID, 2, 2_500_000, tb_text("/app/app.py", "ValueError").as_bytes(), &[]);
+    write(
+        &mut c,
+        TID,
+        2,
+        1_500_000,
+        tb_text("/app/app.py", "KeyError").as_bytes(),
+        &[],
+    );
+    write(
+        &mut c,
+        TID,
+        2,
+        2_500_000,
+        tb_text("/app/app.py", "ValueError").as_bytes(),
+        &[],
+    );
     // And the start of a third one, still in progress.
-    write(&mut c, TID, 2, 3_500_000, b"Traceback (most recent call last):\n  File \"/a.py\", line 1, in f\n", &[]);
+    write(
+        &mut c,
+        TID,
+        2,
+        3_500_000,
+        b"Traceback (most recent call last):\n  File \"/a.py\", line 1, in f\n",
+        &[],
+    );
     let first = request(&mut c, TID, 1_000_000, 2_000_000);
     let second = request(&mut c, TID, 2_000_000, 3_000_000);
     write(&mut c, TID, 2, 3_600_000, b"    f()\nTypeError: t\n", &[]);
     let third = request(&mut c, TID, 3_000_000, 4_000_000);
-    assert_eq!(summary(&first), [("KeyError".into(), "'missing'".into(), true)]);
-    assert_eq!(summary(&second), [("ValueError".into(), "'missing'".into(), true)]);
+    assert_eq!(
+        summary(&first),
+        [("KeyError".into(), "'missing'".into(), true)]
+    );
+    assert_eq!(
+        summary(&second),
+        [("ValueError".into(), "'missing'".into(), true)]
+    );
     assert_eq!(summary(&third), [("TypeError".into(), "t".into(), true)]);
     assert_eq!(c.counters().incomplete, 0);
 }
@@ -153,7 +230,10 @@ fn a_traceback_over_several_writes_is_one() {
     write(&mut c, TID, 2, 1_500_000, a.as_bytes(), &[]);
     write(&mut c, TID, 2, 1_500_100, b.as_bytes(), &[]);
     let req = request(&mut c, TID, 1_000_000, 2_000_000);
-    assert_eq!(summary(&req), [("KeyError".into(), "'missing'".into(), true)]);
+    assert_eq!(
+        summary(&req),
+        [("KeyError".into(), "'missing'".into(), true)]
+    );
 }
 
 #[test]
@@ -170,8 +250,22 @@ fn the_same_traceback_on_stderr_and_in_a_file_counts_once() {
 fn the_last_traceback_is_the_one_raised() {
     let mut c = Collector::new(0);
     // A handled exception logged with logger.exception, then the one that propagated.
-    write(&mut c, TID, 2, 1_300_000, tb_text("/app/app.py", "ValueError").as_bytes(), &[]);
-    write(&mut c, TID, 2, 1_400_000, tb_text("/app/app.py", "KeyError").as_bytes(), &[]);
+    write(
+        &mut c,
+        TID,
+        2,
+        1_300_000,
+        tb_text("/app/app.py", "ValueError").as_bytes(),
+        &[],
+    );
+    write(
+        &mut c,
+        TID,
+        2,
+        1_400_000,
+        tb_text("/app/app.py", "KeyError").as_bytes(),
+        &[],
+    );
     let req = request(&mut c, TID, 1_000_000, 2_000_000);
     assert_eq!(
         summary(&req),
@@ -220,7 +314,11 @@ fn groups_are_stable_and_frames_carry_the_source_around_them() {
         let helper = &detail.frames[1];
         assert_eq!(helper.context.first().map(|l| l.line), Some(2));
         assert_eq!(
-            helper.context.iter().find(|l| l.line == 7).map(|l| l.code.as_str()),
+            helper
+                .context
+                .iter()
+                .find(|l| l.line == 7)
+                .map(|l| l.code.as_str()),
             Some("source line 7")
         );
     }

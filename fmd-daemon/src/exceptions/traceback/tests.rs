@@ -56,7 +56,11 @@ fn real_tracebacks_of_every_supported_python() {
                 fixture.python
             );
             for (got, want) in found.iter().zip(&fixture.expected) {
-                assert_eq!(got, want, "{name} ({}) in pieces of {piece}", fixture.python);
+                assert_eq!(
+                    got, want,
+                    "{name} ({}) in pieces of {piece}",
+                    fixture.python
+                );
             }
         }
     }
@@ -68,7 +72,10 @@ fn carets_are_not_source_lines() {
         &["Traceback (most recent call last):\n  File \"/app/a.py\", line 3, in f\n    return d[\"k\"]\n           ~^^^^^\nKeyError: 'k'\n"],
         0,
     );
-    assert_eq!(found[0][0].frames[0].code.as_deref(), Some("return d[\"k\"]"));
+    assert_eq!(
+        found[0][0].frames[0].code.as_deref(),
+        Some("return d[\"k\"]")
+    );
 }
 
 fn one(text: &str) -> Vec<Vec<Exception>> {
@@ -80,7 +87,10 @@ fn a_prefix_before_the_header_is_allowed() {
     // SysLogHandler: one datagram, a priority before the record, a NUL after it.
     let found = one("<11>Exception on /x [GET]\nTraceback (most recent call last):\n  File \"/app/a.py\", line 1, in <module>\nValueError: v\n\0");
     assert_eq!(found.len(), 1);
-    assert_eq!((found[0][0].type_name.as_str(), found[0][0].message.as_str()), ("ValueError", "v"));
+    assert_eq!(
+        (found[0][0].type_name.as_str(), found[0][0].message.as_str()),
+        ("ValueError", "v")
+    );
     // Without the newline (SysLogHandler appends only the NUL): the datagram still ends the message.
     let found = recognise(
         &[
@@ -95,12 +105,17 @@ fn a_prefix_before_the_header_is_allowed() {
 
 #[test]
 fn a_write_cut_mid_line_continues_in_the_next() {
-    let text = "Traceback (most recent call last):\n  File \"/a.py\", line 1, in f\nKeyError: 'missing'\n";
+    let text =
+        "Traceback (most recent call last):\n  File \"/a.py\", line 1, in f\nKeyError: 'missing'\n";
     for cut in 1..text.len() {
         let (a, b) = text.split_at(cut);
         let found = recognise(&[a, b], 0);
         assert_eq!(found.len(), 1, "cut at {cut}");
-        assert_eq!((found[0][0].type_name.as_str(), found[0][0].message.as_str()), ("KeyError", "'missing'"), "cut at {cut}");
+        assert_eq!(
+            (found[0][0].type_name.as_str(), found[0][0].message.as_str()),
+            ("KeyError", "'missing'"),
+            "cut at {cut}"
+        );
     }
 }
 
@@ -120,7 +135,9 @@ fn lines_after_the_write_are_not_the_message() {
 #[test]
 fn interleaved_output_drops_the_traceback_and_counts_it() {
     let mut r = Recogniser::default();
-    r.feed(b"Traceback (most recent call last):\n  File \"/a.py\", line 1, in f\n[2026] INFO: other\n");
+    r.feed(
+        b"Traceback (most recent call last):\n  File \"/a.py\", line 1, in f\n[2026] INFO: other\n",
+    );
     r.end_of_write();
     assert!(r.finish().is_empty());
     assert_eq!(r.counters.incomplete, 1);
@@ -172,7 +189,13 @@ fn exception_group_top_level() {
     let text: String = text
         .lines()
         .enumerate()
-        .map(|(i, l)| if i == 0 { format!("{l}\n") } else { format!("  {l}\n") })
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l}\n")
+            } else {
+                format!("  {l}\n")
+            }
+        })
         .collect();
     let found = one(&text);
     assert_eq!(found.len(), 1, "{text}");
@@ -189,7 +212,10 @@ fn exception_lines() {
     for (line, want) in [
         ("KeyError: 'k'", Some(("KeyError", "'k'"))),
         ("ValueError", Some(("ValueError", ""))),
-        ("werkzeug.exceptions.BadRequest: 400 Bad Request", Some(("werkzeug.exceptions.BadRequest", "400 Bad Request"))),
+        (
+            "werkzeug.exceptions.BadRequest: 400 Bad Request",
+            Some(("werkzeug.exceptions.BadRequest", "400 Bad Request")),
+        ),
         ("[2026-01-01 10:00:00] ERROR in app: boom", None),
         ("INFO:root:hello", None),
         ("", None),
