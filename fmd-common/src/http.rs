@@ -30,6 +30,24 @@ pub mod kind {
     pub const WAKE: u32 = 9;
     /// A garbage collection ran on this thread (USDT `gc__start`/`gc__done`): `len` = its length in ns.
     pub const GC: u32 = 10;
+    /// Bytes a thread serving a request wrote to a log descriptor (`FMD_LOG_FDS`: stdout, stderr, a log
+    /// file, a syslog socket): `len` = the syscall's byte count, `conn_ts` = the offset of this record's
+    /// payload in the write (a write is sent as up to [`super::MAX_LOG_CHUNKS`] records).
+    pub const LOG: u32 = 11;
+}
+
+/// Records one log write is copied into at most: a traceback longer than `MAX_LOG_CHUNKS * MAX_DATA`
+/// bytes (32 KiB) in one write is cut, and counted (`stats::LOG_TRUNCATED`).
+pub const MAX_LOG_CHUNKS: usize = 8;
+
+/// What a log descriptor is (the value of `FMD_LOG_FDS`; BPF only tests presence).
+pub mod log_fd {
+    /// stdout or stderr.
+    pub const STDIO: u32 = 1;
+    /// A regular file opened for appending (a `logging.FileHandler`, gunicorn's `--error-logfile`).
+    pub const FILE: u32 = 2;
+    /// A unix datagram socket (a `logging.handlers.SysLogHandler` on `/dev/log`).
+    pub const SYSLOG: u32 = 3;
 }
 
 /// Fixed head of every ring-buffer record; `copied` payload bytes follow it.

@@ -20,6 +20,8 @@ pub mod names {
     pub const CONNS: &str = "FMD_CONNS";
     /// One-element array holding the [`crate::BpfConfig`].
     pub const CONFIG: &str = "FMD_CONFIG";
+    /// `(tgid, fd) -> http::log_fd` kind: the descriptors a serving thread's writes are copied from.
+    pub const LOG_FDS: &str = "FMD_LOG_FDS";
     /// `tid -> PyThreadState address` of watched workers' Python threads, kept by the daemon.
     pub const TSTATES: &str = "FMD_TSTATES";
     /// `tgid -> profile::PyLayout`.
@@ -60,6 +62,8 @@ pub mod names {
         ("fmd_exit_sendfile64", "syscalls", "sys_exit_sendfile64"),
         ("fmd_enter_close", "syscalls", "sys_enter_close"),
         ("fmd_enter_shutdown", "syscalls", "sys_enter_shutdown"),
+        ("fmd_enter_openat", "syscalls", "sys_enter_openat"),
+        ("fmd_exit_openat", "syscalls", "sys_exit_openat"),
         ("fmd_process_fork", "sched", "sched_process_fork"),
         ("fmd_process_exit", "sched", "sched_process_exit"),
     ];
@@ -86,7 +90,9 @@ pub mod stats {
     pub const SAMPLE_DROPS: u32 = 5;
     /// Samples cut at [`crate::profile::MAX_FRAMES`] frames.
     pub const SAMPLES_TRUNCATED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Log writes longer than `MAX_LOG_CHUNKS * MAX_DATA`: their tail was not copied.
+    pub const LOG_TRUNCATED: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Settings the daemon writes into the [`names::CONFIG`] array before attaching anything.

@@ -27,6 +27,7 @@ use crate::{
         Capture,
     },
     config::Config,
+    exceptions,
     flask::{
         app::{self as flask_app, UrlMap},
         attribution::Attributor,
@@ -66,6 +67,7 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         Target::Worker { pid } => vec![*pid],
     };
     for &worker in &workers {
+        watch_log_fds(&mut capture, worker);
         let fds = procs::accepted_sockets(worker);
         if !fds.is_empty() {
             let added = capture.track_existing(worker, &fds, monotonic_ns())?;
@@ -155,6 +157,7 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         )),
         versions: std::collections::HashMap::new(),
         version_error: None,
+        exceptions: exceptions::Collector::new(clock_offset),
         profiling,
         attributor: Attributor::default(),
         routes_tx,
@@ -199,6 +202,18 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         "detached and flushed"
     );
     result
+}
+
+/// Puts `pid`'s log descriptors under watch, so the tracebacks it logs while serving are seen. A failure
+/// costs exception capture only.
+fn watch_log_fds(capture: &mut Capture, pid: u32) {
+    let fds = capture::logfds::log_descriptors(pid);
+    match capture.watch_log_fds(pid, &fds) {
+        Ok(()) => debug!(pid, ?fds, "watching log descriptors"),
+        Err(e) => {
+            warn!(pid, error = %e, "cannot watch the worker's log descriptors: its exceptions are not seen")
+        }
+    }
 }
 
 fn watch_target(capture: &mut Capture, target: &Target) -> Result<(), capture::Error> {
@@ -284,6 +299,8 @@ type RouteResult = (
 struct Pipeline {
     capture: Capture,
     assembler: Assembler,
+    /// Tracebacks in what serving threads log, tied to their requests.
+    exceptions: exceptions::Collector,
     attributor: Attributor,
     profiling: Option<Profiling>,
     /// Where workers' versions come from, and each worker's version once read (with its routes).
@@ -342,6 +359,7 @@ impl Pipeline {
                 _ = tick.tick() => {
                     self.assembler.expire(monotonic_ns(), &mut self.assembled);
                     self.attribute();
+                    self.exceptions.expire(monotonic_ns());
                     self.attributor.expire(Instant::now(), &mut self.batch);
                     if let Some(p) = &mut self.profiling {
                         p.collector.refresh(&mut self.capture);
@@ -377,7 +395,8 @@ impl Pipeline {
 
     fn attribute(&mut self) {
         let now = Instant::now();
-        for req in self.assembled.drain(..) {
+        for mut req in self.assembled.drain(..) {
+            self.exceptions.on_request(&mut req);
             self.attributor.push(req, now, &mut self.batch);
         }
     }
@@ -512,9 +531,12 @@ impl Pipeline {
                         p.collector.on_gc(&header);
                     }
                 }
+                kind::LOG => self.exceptions.on_log(&header, payload),
                 kind::ACCEPT | kind::READ => {
                     if self.routes_asked.insert(header.tgid) {
                         self.read_routes(header.tgid);
+                        // The app is loaded now: a syslog socket it opened is there.
+                        watch_log_fds(&mut self.capture, header.tgid);
                     }
                     if header.kind == kind::READ {
                         if let Some(p) = &mut self.profiling {
@@ -534,6 +556,8 @@ impl Pipeline {
         match procs::inspect(child) {
             Ok(info) if info.tgid == child => {
                 info!(pid = child, "new worker");
+                // What it inherited from the master (gunicorn's error log file, a preloaded app's logs).
+                watch_log_fds(&mut self.capture, child);
                 if let Some(p) = &mut self.profiling {
                     if let Err(e) = p.collector.add_worker(&mut self.capture, child) {
                         warn!(pid = child, error = %e, "cannot profile this worker");
@@ -553,6 +577,10 @@ impl Pipeline {
         self.assembler.push(header, payload, &mut self.assembled);
         self.attribute();
         self.attributor.forget(pid, &mut self.batch);
+        self.exceptions.forget(pid);
+        if let Err(e) = self.capture.forget_log_fds(pid) {
+            warn!(pid, error = %e, "cannot clean the log descriptor table");
+        }
         self.routes_asked.remove(&pid);
         // Its requests still in the batch are tagged before its version goes (a reused pid must not
         // inherit it).
@@ -638,10 +666,20 @@ impl Pipeline {
             (names::DESYNCED, a.desynced),
             (names::EVICTED, a.evicted),
         ];
+        let x = self.exceptions.counters();
+        values.extend([
+            ("exception_log_records", x.log_records),
+            ("exceptions_recognised", x.recognised),
+            ("exception_tracebacks_incomplete", x.incomplete),
+            ("exception_tracebacks_outside_requests", x.outside_requests),
+            ("exception_log_bytes_lost", x.bytes_lost),
+            ("exception_source_unreadable", x.source_unreadable),
+        ]);
         match self.capture.counters() {
             Ok(c) => {
                 values.push((names::EVENTS_LOST, c.ringbuf_drops));
                 values.push((names::CONN_TABLE_FULL, c.conn_table_full));
+                values.push(("exception_log_writes_truncated", c.log_truncated));
                 if c.ringbuf_drops > 0 {
                     warn!(
                         lost = c.ringbuf_drops,

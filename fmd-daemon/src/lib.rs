@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod exceptions;
 pub mod flask;
 pub mod identity;
 pub mod profile;

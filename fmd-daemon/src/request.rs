@@ -42,4 +42,8 @@ pub struct Request {
     pub version: Option<String>,
     /// Who made it, from the configured extractors (`[users]`: header, cookie, JWT, session...).
     pub user: Option<String>,
+    /// Python tracebacks the serving thread logged while serving it, in order; the last is the exception
+    /// the request raised (`exceptions::collector`). Stored in `exception_occurrences`, not on the row.
+    #[serde(skip)]
+    pub exceptions: Vec<crate::exceptions::Logged>,
 }

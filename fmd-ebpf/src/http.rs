@@ -1,6 +1,9 @@
 //! Syscall tracepoints on the sockets a watched worker accepted: `accept` marks a socket as served,
 //! reads and writes copy a bounded prefix of their bytes (on syscall exit, with the real byte count),
 //! `close`/`shutdown` end it. Which bytes form which HTTP request is decided in userspace.
+//! Writes to a log descriptor (`FMD_LOG_FDS`) by a thread serving a request are copied too (up to
+//! `MAX_LOG_CHUNKS` records), for the tracebacks the daemon recognises; `openat` with `O_APPEND` adds
+//! a worker's new log files to that table.
 //!
 //! Tracepoint record layout (`/sys/kernel/tracing/events/syscalls/*/format`, stable since syscall
 //! tracepoints exist): `sys_enter_*` has its arguments as 8-byte slots from offset 16, `sys_exit_*` has
@@ -15,14 +18,14 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use fmd_common::{
-    http::{kind, Conn, ConnKey, EventHeader, EVENT_HEADER_SIZE, MAX_DATA, MAX_SOCKADDR},
+    http::{
+        kind, log_fd, Conn, ConnKey, EventHeader, EVENT_HEADER_SIZE, MAX_DATA, MAX_LOG_CHUNKS,
+        MAX_SOCKADDR,
+    },
     stats, ROLE_WORKER,
 };
 
-use crate::{
-    maps::{count, role, FMD_CONNS, FMD_EVENTS, FMD_SCRATCH, FMD_SERVING},
-    sampler::wall_clock,
-};
+use crate::maps::{count, role, FMD_CONNS, FMD_EVENTS, FMD_LOG_FDS, FMD_SCRATCH, FMD_SERVING};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -35,6 +38,14 @@ const HOW_IOVEC: u32 = 1; // an iovec array (readv, writev)
 const HOW_MSGHDR: u32 = 2; // a user_msghdr (recvmsg, sendmsg)
 const HOW_NONE: u32 = 3; // no user buffer (sendfile)
 const HOW_ACCEPT: u32 = 4; // accept: buf = sockaddr, extra = socklen pointer
+const HOW_OPEN: u32 = 5; // openat with O_APPEND for writing: the new fd is a log file
+
+/// `Pending::extra` of a write to a log descriptor (plain writes have no other use for it).
+const PENDING_LOG: u64 = 1;
+
+/// `openat` flags (asm-generic/fcntl.h, the same on x86-64 and arm64).
+const O_ACCMODE: u64 = 0o3;
+const O_APPEND: u64 = 0o2000;
 
 /// `struct user_msghdr`: `msg_iov` is at offset 16 on 64-bit kernels.
 const MSGHDR_IOV: u64 = 16;
@@ -124,22 +135,34 @@ fn is_worker(id: u64) -> bool {
     role((id >> 32) as u32) == Some(ROLE_WORKER)
 }
 
-/// Entry of a read or write: remember the buffer if `fd` is a socket the worker accepted.
+/// Entry of a read or write: remember the buffer if `fd` is a socket the worker accepted, or (a write)
+/// a log descriptor of a thread serving a request.
 #[inline(always)]
-fn enter_data(ctx: &TracePointContext, how: u32) {
+fn enter_data(ctx: &TracePointContext, how: u32, write: bool) {
     let id = bpf_get_current_pid_tgid();
     if !is_worker(id) {
         return;
     }
     let fd = arg(ctx, ARG0) as i32;
-    if conn((id >> 32) as u32, fd).is_none() {
-        return;
-    }
+    let tgid = (id >> 32) as u32;
+    let extra = if conn(tgid, fd).is_some() {
+        0
+    } else {
+        // Cheapest test first: most writes that are not to a client go to neither table.
+        // SAFETY: only the keys' presence is read.
+        if !write
+            || unsafe { FMD_LOG_FDS.get(&ConnKey { tgid, fd }) }.is_none()
+            || unsafe { FMD_SERVING.get(&(id as u32)) }.is_none()
+        {
+            return;
+        }
+        PENDING_LOG
+    };
     let pending = Pending {
         fd,
         how,
         buf: arg(ctx, ARG1),
-        extra: 0,
+        extra,
     };
     let _ = FMD_PENDING.insert(&id, &pending, 0);
 }
@@ -157,14 +180,110 @@ fn exit_data(ctx: &TracePointContext, event_kind: u32) {
     if ret <= 0 {
         return;
     }
+    if pending.extra == PENDING_LOG {
+        send_log(id, &pending, ret as u64);
+        return;
+    }
     // Another thread may have closed the socket while this syscall ran.
     let Some(conn) = conn((id >> 32) as u32, pending.fd) else {
         return;
     };
-    if event_kind == kind::READ && wall_clock() {
+    // Serving from the first request byte read: the sampler's off-CPU walks and the log copies use it.
+    // SAFETY: only the key's presence is read.
+    if event_kind == kind::READ && unsafe { FMD_SERVING.get(&(id as u32)) }.is_none() {
         let _ = FMD_SERVING.insert(&(id as u32), &1, 0);
     }
     send_data(event_kind, id, &pending, conn.conn_ts, ret as u64);
+}
+
+/// Sends a log write as records of up to [`MAX_DATA`] bytes each (`conn_ts` = offset in the write), at
+/// most [`MAX_LOG_CHUNKS`] of them; a longer write's tail is counted, not copied.
+#[inline(always)]
+fn send_log(id: u64, pending: &Pending, total: u64) {
+    let Some(event) = FMD_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: as in `send_data`.
+    let event = unsafe { &mut *event };
+    let (src, avail) = user_buffer(pending);
+    if src == 0 {
+        return;
+    }
+    let size = if avail < total { avail } else { total };
+    if size > (MAX_LOG_CHUNKS * MAX_DATA) as u64 {
+        count(stats::LOG_TRUNCATED);
+    }
+    for i in 0..MAX_LOG_CHUNKS {
+        let offset = (i * MAX_DATA) as u64;
+        if offset >= size {
+            break;
+        }
+        let left = size - offset;
+        let n = if left > MAX_DATA as u64 {
+            MAX_DATA
+        } else {
+            left as usize
+        };
+        let Some(dst) = event.data.get_mut(..n) else {
+            return;
+        };
+        // SAFETY: a user pointer, read with the faulting-safe helper into a bounded slice.
+        if unsafe { bpf_probe_read_user_buf((src + offset) as *const u8, dst) }.is_err() {
+            return;
+        }
+        event.header = header(kind::LOG, id, pending.fd, offset, total, n as u32);
+        let bytes_len = EVENT_HEADER_SIZE + n;
+        if bytes_len > EVENT_HEADER_SIZE + MAX_DATA {
+            return;
+        }
+        // SAFETY: `bytes_len` is at most `size_of::<DataEvent>()`, checked just above.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(event as *const _ as *const u8, bytes_len) };
+        match FMD_EVENTS.output::<[u8]>(bytes, ring_flags()) {
+            Ok(()) => count(stats::EVENTS_SENT),
+            Err(_) => count(stats::RINGBUF_DROPS),
+        }
+    }
+}
+
+/// Entry of `openat`: a worker opening a file for appending is opening a log file (logging's
+/// `FileHandler` and gunicorn's error log open with mode `a`).
+#[inline(always)]
+fn enter_openat(ctx: &TracePointContext) {
+    let flags = arg(ctx, ARG2);
+    if flags & O_APPEND == 0 || flags & O_ACCMODE == 0 {
+        return;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if !is_worker(id) {
+        return;
+    }
+    let pending = Pending {
+        fd: -1,
+        how: HOW_OPEN,
+        buf: 0,
+        extra: 0,
+    };
+    let _ = FMD_PENDING.insert(&id, &pending, 0);
+}
+
+#[inline(always)]
+fn exit_openat(ctx: &TracePointContext) {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let Some(pending) = (unsafe { FMD_PENDING.get(&id).copied() }) else {
+        return;
+    };
+    let _ = FMD_PENDING.remove(&id);
+    let fd = arg(ctx, RET) as i64;
+    if pending.how != HOW_OPEN || fd < 0 {
+        return;
+    }
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: fd as i32,
+    };
+    let _ = FMD_LOG_FDS.insert(&key, &log_fd::FILE, 0);
 }
 
 #[inline(always)]
@@ -313,6 +432,10 @@ fn enter_end(ctx: &TracePointContext, event_kind: u32) {
     let fd = arg(ctx, ARG0) as i32;
     let tgid = (id >> 32) as u32;
     let Some(conn) = conn(tgid, fd) else {
+        if event_kind == kind::CLOSE {
+            // A log file closed (rotated, handler removed): its number may be reused for anything.
+            let _ = FMD_LOG_FDS.remove(&ConnKey { tgid, fd });
+        }
         return;
     };
     if event_kind == kind::CLOSE {
@@ -338,19 +461,19 @@ programs! {
     fmd_enter_accept4 => enter_accept;
     fmd_exit_accept => exit_accept;
     fmd_exit_accept4 => exit_accept;
-    fmd_enter_read => |c| enter_data(c, HOW_PLAIN);
-    fmd_enter_recvfrom => |c| enter_data(c, HOW_PLAIN);
-    fmd_enter_readv => |c| enter_data(c, HOW_IOVEC);
-    fmd_enter_recvmsg => |c| enter_data(c, HOW_MSGHDR);
+    fmd_enter_read => |c| enter_data(c, HOW_PLAIN, false);
+    fmd_enter_recvfrom => |c| enter_data(c, HOW_PLAIN, false);
+    fmd_enter_readv => |c| enter_data(c, HOW_IOVEC, false);
+    fmd_enter_recvmsg => |c| enter_data(c, HOW_MSGHDR, false);
     fmd_exit_read => |c| exit_data(c, kind::READ);
     fmd_exit_recvfrom => |c| exit_data(c, kind::READ);
     fmd_exit_readv => |c| exit_data(c, kind::READ);
     fmd_exit_recvmsg => |c| exit_data(c, kind::READ);
-    fmd_enter_write => |c| enter_data(c, HOW_PLAIN);
-    fmd_enter_sendto => |c| enter_data(c, HOW_PLAIN);
-    fmd_enter_writev => |c| enter_data(c, HOW_IOVEC);
-    fmd_enter_sendmsg => |c| enter_data(c, HOW_MSGHDR);
-    fmd_enter_sendfile64 => |c| enter_data(c, HOW_NONE);
+    fmd_enter_write => |c| enter_data(c, HOW_PLAIN, true);
+    fmd_enter_sendto => |c| enter_data(c, HOW_PLAIN, true);
+    fmd_enter_writev => |c| enter_data(c, HOW_IOVEC, true);
+    fmd_enter_sendmsg => |c| enter_data(c, HOW_MSGHDR, true);
+    fmd_enter_sendfile64 => |c| enter_data(c, HOW_NONE, false);
     fmd_exit_write => |c| exit_data(c, kind::WRITE);
     fmd_exit_sendto => |c| exit_data(c, kind::WRITE);
     fmd_exit_writev => |c| exit_data(c, kind::WRITE);
@@ -358,4 +481,6 @@ programs! {
     fmd_exit_sendfile64 => |c| exit_data(c, kind::WRITE);
     fmd_enter_close => |c| enter_end(c, kind::CLOSE);
     fmd_enter_shutdown => |c| enter_end(c, kind::SHUTDOWN);
+    fmd_enter_openat => enter_openat;
+    fmd_exit_openat => exit_openat;
 }

@@ -26,11 +26,19 @@ pub static FMD_CONNS: HashMap<ConnKey, Conn> = HashMap::with_max_entries(65536, 
 
 /// Threads of watched workers between reading a request's bytes and closing the connection or accepting
 /// the next one: only their switch-outs have their stacks walked in wall-clock mode, so a sync worker
-/// waiting for its next connection costs no walk (the daemon would drop that wait anyway). A gthread
+/// waiting for its next connection costs no walk (the daemon would drop that wait anyway), and only their
+/// writes to log descriptors are copied. A gthread
 /// worker's pool threads never accept, so they stay marked once they served (their waits are still
 /// walked, as before this table).
 #[map]
 pub static FMD_SERVING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// `(tgid, fd)` of the descriptors a worker logs through (stdout, stderr, files opened for appending, a
+/// syslog socket): writes to them by a thread in `FMD_SERVING` are copied, so the daemon can find the
+/// tracebacks the app logs while serving. Filled by the daemon from /proc, by `fmd_process_fork` (a new
+/// worker's stdio) and by `fmd_exit_openat` (files a worker opens for appending); `close` removes.
+#[map]
+pub static FMD_LOG_FDS: HashMap<ConnKey, u32> = HashMap::with_max_entries(16384, 0);
 
 #[map]
 pub static FMD_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(fmd_common::stats::COUNT, 0);

@@ -4,11 +4,14 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use fmd_common::{http::kind, ROLE_MASTER, ROLE_WORKER};
+use fmd_common::{
+    http::{kind, log_fd, ConnKey},
+    ROLE_MASTER, ROLE_WORKER,
+};
 
 use crate::{
     http::{header, send_header},
-    maps::{config, role, FMD_PIDS, FMD_SERVING},
+    maps::{config, role, FMD_LOG_FDS, FMD_PIDS, FMD_SERVING},
 };
 
 /// `sched_process_fork` runs in the parent. Thread creation fires it too; the daemon drops children that
@@ -29,6 +32,10 @@ pub fn fmd_process_fork(ctx: TracePointContext) -> u32 {
     };
     let child = child as u32;
     let _ = FMD_PIDS.insert(&child, &ROLE_WORKER, 0);
+    // Its stdio at once (its first request may come before the daemon reads its descriptors).
+    for fd in [1, 2] {
+        let _ = FMD_LOG_FDS.insert(&ConnKey { tgid: child, fd }, &log_fd::STDIO, 0);
+    }
     send_header(&header(kind::FORK, id, -1, 0, u64::from(child), 0));
     0
 }

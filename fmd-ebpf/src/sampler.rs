@@ -46,12 +46,6 @@ static FMD_PYLAYOUTS: HashMap<u32, PyLayout> = HashMap::with_max_entries(4096, 0
 #[map]
 static FMD_SAMPLER_CONFIG: Array<SamplerConfig> = Array::with_max_entries(1, 0);
 
-/// Whether off-CPU stacks are taken (wall-clock mode), for the HTTP programs that keep `FMD_SERVING`.
-#[inline(always)]
-pub(crate) fn wall_clock() -> bool {
-    FMD_SAMPLER_CONFIG.get(0).is_some_and(|c| c.wall != 0)
-}
-
 /// `tid -> when it was switched out` for threads whose off-CPU stack was sent.
 #[map]
 static FMD_OFFCPU: HashMap<u32, OffCpu> = HashMap::with_max_entries(16384, 0);

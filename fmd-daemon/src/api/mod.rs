@@ -3,6 +3,7 @@
 
 mod endpoints;
 mod error;
+mod exceptions;
 mod overview;
 mod profiles;
 mod requests;
@@ -72,6 +73,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/paths/grouped-profile", get(profiles::path_grouped))
         // App versions (config or git).
         .route("/api/versions", get(versions::versions))
+        .route("/api/exceptions", get(exceptions::exceptions))
+        .route("/api/exceptions/{group}", get(exceptions::exception))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

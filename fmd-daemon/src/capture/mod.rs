@@ -2,6 +2,7 @@
 //! draining the ring buffer and reading the drop counters. The only module that imports `aya`.
 
 pub mod http;
+pub mod logfds;
 pub mod procs;
 pub mod sampler;
 pub mod usdt;
@@ -76,6 +77,8 @@ pub struct BpfCounters {
     pub conn_table_full: u64,
     pub events_sent: u64,
     pub data_truncated: u64,
+    /// Log writes longer than the copy bound (their tail was not copied).
+    pub log_truncated: u64,
 }
 
 /// The loaded programs and maps; dropping it detaches everything.
@@ -195,6 +198,40 @@ impl Capture {
         Ok(stale.len())
     }
 
+    /// Adds `pid`'s log descriptors (`(fd, kind)`, from [`logfds::log_descriptors`]) to `FMD_LOG_FDS`.
+    pub fn watch_log_fds(&mut self, pid: u32, fds: &[(i32, u32)]) -> Result<(), Error> {
+        let mut map = self.log_fds()?;
+        for &(fd, kind) in fds {
+            map.insert(fmd_common::http::ConnKey { tgid: pid, fd }, kind, 0)
+                .map_err(|source| Error::Map {
+                    name: names::LOG_FDS,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the log descriptors of a process that exited.
+    pub fn forget_log_fds(&mut self, pid: u32) -> Result<(), Error> {
+        let mut map = self.log_fds()?;
+        let stale: Vec<_> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == pid)
+            .collect();
+        for key in &stale {
+            let _ = map.remove(key);
+        }
+        Ok(())
+    }
+
+    fn log_fds(&mut self) -> Result<HashMap<&mut MapData, fmd_common::http::ConnKey, u32>, Error> {
+        HashMap::try_from(map_mut(&mut self.ebpf, names::LOG_FDS)?).map_err(|source| Error::Map {
+            name: names::LOG_FDS,
+            source,
+        })
+    }
+
     /// Takes the ring buffer out, for the task that drains it.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Error> {
         let map = self.ebpf.take_map(names::EVENTS).ok_or(Error::Missing {
@@ -215,6 +252,7 @@ impl Capture {
             conn_table_full: at(stats::CONN_TABLE_FULL),
             events_sent: at(stats::EVENTS_SENT),
             data_truncated: at(stats::DATA_TRUNCATED),
+            log_truncated: at(stats::LOG_TRUNCATED),
         })
     }
 

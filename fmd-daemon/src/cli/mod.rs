@@ -2,6 +2,7 @@
 //! `query endpoints` and `query stats` over a database, whether a daemon is running on it or not.
 
 mod endpoints;
+mod exceptions;
 mod profile;
 mod query;
 mod versions;

@@ -55,6 +55,9 @@ pub enum QueryCommand {
     /// App versions seen (config `app_version` or the git commit of the app's code): when each was first
     /// and last seen and how many requests it served, oldest first.
     Versions,
+    /// Exceptions the app logged while serving requests, grouped by type and place, per endpoint; most
+    /// recently seen first. `--group G` shows one group's traceback with its source.
+    Exceptions(super::exceptions::ExceptionsArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -144,6 +147,10 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         ),
         QueryCommand::GroupedProfile(grouped) => finish(
             super::profile::run_grouped(&source, grouped, args.format, &mut out, &mut watch),
+            &mut out,
+        ),
+        QueryCommand::Exceptions(exceptions) => finish(
+            super::exceptions::run(&source, exceptions, args.format, &mut out, &mut watch),
             &mut out,
         ),
     };
@@ -427,7 +434,7 @@ fn short_version(version: Option<&str>) -> String {
 }
 
 /// [`RequestRow`]'s fields in order, for the CSV header of an empty result.
-const REQUEST_FIELDS: [&str; 19] = [
+const REQUEST_FIELDS: [&str; 20] = [
     "id",
     "ts",
     "method",
@@ -447,6 +454,7 @@ const REQUEST_FIELDS: [&str; 19] = [
     "user_agent",
     "version",
     "user",
+    "exception",
 ];
 
 /// Writes `stats`: JSON as one object on one line; table and CSV as `name, value` rows, the named counters
@@ -559,6 +567,7 @@ mod tests {
             user_agent: r.user_agent,
             version: r.version,
             user: r.user,
+            exception: None,
         }
     }
 
@@ -595,7 +604,7 @@ id  ts                           method  path         status  duration_ms  remot
     #[test]
     fn requests_as_csv() {
         let header = "id,ts,method,path,query,status,duration_ms,remote_ip,worker_pid,bytes_in,bytes_out,endpoint,rule,\
-                      http_version,tid,host,user_agent,version,user\n";
+                      http_version,tid,host,user_agent,version,user,exception\n";
         check(&[], Format::Csv, header);
         let mut quoted = row(1);
         quoted.path = "/a,\"b\"".into();
@@ -604,8 +613,8 @@ id  ts                           method  path         status  duration_ms  remot
             Format::Csv,
             &format!(
                 "{header}1,2026-11-23T15:56:41.123456Z,GET,/item/0,q=0,200,1.5,,4000,100,2000,item,/item/<int:id>,HTTP/1.1,\
-                 5000,localhost:8000,,,\n2,2026-11-23T15:56:41.124456Z,POST,\"/a,\"\"b\"\"\",,201,1.500001,10.0.0.1,4001,101,\
-                 2001,,,HTTP/1.1,5001,localhost:8000,curl/8.5.0,,\n"
+                 5000,localhost:8000,,,,\n2,2026-11-23T15:56:41.124456Z,POST,\"/a,\"\"b\"\"\",,201,1.500001,10.0.0.1,4001,101,\
+                 2001,,,HTTP/1.1,5001,localhost:8000,curl/8.5.0,,,\n"
             ),
         );
     }

@@ -8,6 +8,7 @@
 
 mod daemon_file;
 mod endpoints;
+mod exceptions;
 pub mod profiles;
 mod registry;
 mod requests;
@@ -32,6 +33,10 @@ pub use self::{
         upsert_routes, Attribution, EndpointList, EndpointRow, MONITOR_LEVEL,
     },
     registry::{runtime_dir, Registration},
+    exceptions::{
+        exception_group, exception_groups, EndpointCount, ExceptionFilter, ExceptionGroupDetail,
+        ExceptionGroupRow,
+    },
     requests::{append_requests, requests, RequestFilter, RequestRow},
     stats::{begin_run, counters, end_run, names, set_counters, stats, RunInfo, Stats},
     versions::{versions, VersionRow},

@@ -43,6 +43,8 @@ pub struct RequestRow {
     /// Who made it (the `[users]` extractors).
     #[serde(default)]
     pub user: Option<String>,
+    /// The exception group the request raised (`/api/exceptions/{group}`), when it logged a traceback.
+    pub exception: Option<String>,
 }
 
 /// Which requests to read. Bounds are microseconds since the epoch: `since` inclusive, `until` exclusive.
@@ -80,16 +82,19 @@ pub fn requests(conn: &Connection, filter: &RequestFilter) -> Result<Vec<Request
     };
     let columns = "id, epoch_us(ts), method, path, query, status, duration_ms, remote_ip, worker_pid, bytes_in, \
                    bytes_out, endpoint, rule, http_version, tid, host, user_agent, version, \"user\"";
+    let exception = super::exceptions::REQUEST_EXCEPTION_SQL;
     let sql = match filter.limit {
-        // The newest `limit` rows, then put back in time order.
+        // The newest `limit` rows, then put back in time order (and only they look up their exception).
         Some(limit) => {
             values.push(Value::UBigInt(limit));
             format!(
-                "SELECT * FROM (SELECT {columns} FROM requests {filter_sql} ORDER BY ts DESC, id DESC LIMIT ?) \
-                 ORDER BY 2, 1"
+                "SELECT *, {exception} FROM (SELECT {columns} FROM requests {filter_sql} ORDER BY ts DESC, id DESC \
+                 LIMIT ?) r ORDER BY 2, 1"
             )
         }
-        None => format!("SELECT {columns} FROM requests {filter_sql} ORDER BY ts, id"),
+        None => {
+            format!("SELECT {columns}, {exception} FROM requests r {filter_sql} ORDER BY ts, id")
+        }
     };
     let sql_err = |source| Error::Sql {
         what: "read requests",
@@ -118,6 +123,7 @@ pub fn requests(conn: &Connection, filter: &RequestFilter) -> Result<Vec<Request
                 user_agent: row.get(16)?,
                 version: row.get(17)?,
                 user: row.get(18)?,
+                exception: row.get(19)?,
             })
         })
         .map_err(sql_err)?;
@@ -173,7 +179,8 @@ const APPEND_COLUMNS: &[&str] = &[
     "user",
 ];
 
-/// Appends `batch` with ids `first_id..` inside the caller's transaction (see [`transaction`]).
+/// Appends `batch` with ids `first_id..`, and the exceptions they logged, inside the caller's transaction
+/// (see [`transaction`]).
 pub(super) fn append_rows(
     conn: &Connection,
     run_id: i64,
@@ -215,7 +222,8 @@ pub(super) fn append_rows(
         what: "append requests",
         source,
     })?;
-    super::versions::count(conn, batch)
+    super::versions::count(conn, batch)?;
+    super::exceptions::append_exceptions(conn, first_id, batch)
 }
 
 #[cfg(test)]
@@ -252,6 +260,7 @@ mod tests {
             user_agent: r.user_agent.clone(),
             version: r.version.clone(),
             user: r.user.clone(),
+            exception: None,
         }
     }
 
@@ -470,6 +479,7 @@ mod tests {
             "user_agent": "curl/8.5.0",
             "version": null,
             "user": null,
+            "exception": null,
         });
         assert_eq!(json, expect);
         let text = serde_json::to_string(&row).expect("text");

@@ -81,6 +81,8 @@ const MIGRATIONS: &[&str] = &[
     super::rollup::MIGRATION,
     // 5: request versions and users, and when each version was first seen (store/versions.rs).
     super::versions::MIGRATION,
+    // 6: exceptions logged while serving requests, grouped (store/exceptions.rs).
+    super::exceptions::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -171,6 +173,8 @@ mod tests {
                 "endpoint_hours",
                 "endpoint_totals",
                 "endpoints",
+                "exception_groups",
+                "exception_occurrences",
                 "profile_frames",
                 "profile_samples",
                 "profile_stacks",
