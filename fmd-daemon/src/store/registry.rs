@@ -110,7 +110,7 @@ mod tests {
         DaemonFile { pid: me, listen }
             .write(&db)
             .expect("daemon file");
-        assert_eq!(Registration::running(&run), [live.clone()]);
+        assert_eq!(Registration::running(&run), std::slice::from_ref(&live));
         // A dead daemon's entry, and one whose database names another pid, are ignored.
         let other = dir.path().join("b.duckdb");
         Registration {
