@@ -7,6 +7,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod flask;
+pub mod levels;
+pub mod outliers;
 pub mod profile;
 pub mod python;
 pub mod request;

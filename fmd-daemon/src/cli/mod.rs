@@ -2,11 +2,15 @@
 //! `query endpoints` and `query stats` over a database, whether a daemon is running on it or not.
 
 mod endpoints;
+mod levels;
+mod outliers;
 mod profile;
 mod query;
 
 pub use self::{
     endpoints::{describe_endpoints, write_endpoints},
+    levels::{run_level, LevelArgs},
+    outliers::{write_outliers, OutliersArgs},
     query::{
         run_query, write_requests, write_stats, Format, QueryArgs, QueryCommand, RequestsArgs,
         DEFAULT_DB,

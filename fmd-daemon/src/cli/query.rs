@@ -51,6 +51,9 @@ pub enum QueryCommand {
     /// The merged profile of an endpoint's (or a path's) last profiled requests; `--format folded` for
     /// flame-graph tools.
     GroupedProfile(super::profile::GroupedArgs),
+    /// Outliers (requests slower than their endpoint's threshold) and live snapshots of slow running
+    /// requests, with stack, CPU, memory, headers, request values and environment (`--format json`).
+    Outliers(super::outliers::OutliersArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -129,6 +132,10 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         ),
         QueryCommand::GroupedProfile(grouped) => finish(
             super::profile::run_grouped(&source, grouped, args.format, &mut out, &mut watch),
+            &mut out,
+        ),
+        QueryCommand::Outliers(outliers) => finish(
+            super::outliers::run_outliers(&source, outliers, args.format, &mut out, &mut watch),
             &mut out,
         ),
     };

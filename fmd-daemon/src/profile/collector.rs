@@ -70,6 +70,8 @@ struct Proc {
     resolved: HashMap<(u64, u64), (u64, FrameId)>,
     batch: u64,
     tids: HashSet<u32>,
+    /// tid -> `PyThreadState` address, for live snapshots.
+    tstates: HashMap<u32, u64>,
     refreshed: Instant,
 }
 
@@ -117,6 +119,8 @@ pub struct CollectorCounters {
     pub samples_unknown_thread: u64,
     pub frames_unknown: u64,
     pub profiled_requests: u64,
+    /// Samples of threads serving an endpoint below level 2: dropped unsymbolised.
+    pub samples_skipped_level: u64,
 }
 
 pub struct Collector {
@@ -128,6 +132,8 @@ pub struct Collector {
     frame_ids: HashMap<Location, FrameId>,
     sources: Sources,
     attributor: Attributor,
+    /// Threads serving a request of an endpoint whose level needs no stacks (below 2).
+    quiet: HashSet<u32>,
     /// Interpreter binaries (real paths) tried for GC probes: attached or not.
     gc_binaries: HashMap<PathBuf, bool>,
     /// Keep the GC probes attached.
@@ -147,6 +153,7 @@ impl Collector {
             frame_ids: HashMap::new(),
             sources: Sources::default(),
             attributor: Attributor::new(clock_offset_ns),
+            quiet: HashSet::new(),
             gc_binaries: HashMap::new(),
             gc_links: Vec::new(),
             counters: CollectorCounters::default(),
@@ -177,6 +184,7 @@ impl Collector {
             resolved: HashMap::new(),
             batch: 0,
             tids: HashSet::new(),
+            tstates: HashMap::new(),
             refreshed: Instant::now(),
         };
         refresh_threads(capture, &mut self.tables, pid, &mut proc)?;
@@ -281,6 +289,10 @@ impl Collector {
     /// A `SAMPLE` record.
     pub fn on_sample(&mut self, h: &EventHeader, payload: &[u8]) {
         self.counters.samples += 1;
+        if self.quiet.contains(&h.tid) {
+            self.counters.samples_skipped_level += 1;
+            return;
+        }
         let Some(proc) = self.procs.get_mut(&h.tgid) else {
             self.counters.samples_unknown_thread += 1;
             return;
@@ -346,6 +358,46 @@ impl Collector {
         } else {
             self.attributor.push(sample);
         }
+    }
+
+    /// Whether the request `tid` now serves needs its stacks (its endpoint's level is 2 or more); samples
+    /// of a thread that does not are dropped before symbolisation.
+    pub fn set_stacks_wanted(&mut self, tid: u32, wanted: bool) {
+        if wanted {
+            self.quiet.remove(&tid);
+        } else {
+            self.quiet.insert(tid);
+        }
+    }
+
+    /// A live snapshot of thread `tid` of worker `pid`: its Python stack read from memory now (the thread
+    /// keeps running), outermost frame first; `None` when fmd does not know the thread's interpreter state.
+    pub fn snapshot(&mut self, pid: u32, tid: u32) -> Option<Vec<ProfileFrame>> {
+        let proc = self.procs.get_mut(&pid)?;
+        if !proc.tstates.contains_key(&tid) {
+            // A thread started since the last refresh.
+            if let Ok(map) = proc.interp.tid_map() {
+                proc.tstates = map;
+            }
+        }
+        let &tstate = proc.tstates.get(&tid)?;
+        let (raw, _) = python::stack::walk(&proc.interp.mem, &proc.layout, tstate);
+        let reader = proc.interp.reader();
+        let mut frames: Vec<ProfileFrame> = python_frames(&proc.layout, &raw)
+            .map(|f| {
+                let location = proc.symbols.locate(&reader, f.code, f.instr);
+                let source = self.sources.line(pid, &location.file, location.line);
+                ProfileFrame {
+                    file: location.file,
+                    line: location.line,
+                    function: location.function,
+                    first_line: location.first_line,
+                    source,
+                }
+            })
+            .collect();
+        frames.reverse();
+        Some(frames)
     }
 
     /// A `WAKE` record: the thread's pending off-CPU stack gets its weight.
@@ -425,6 +477,10 @@ impl Collector {
             ),
             ("profile_frames_unknown", self.counters.frames_unknown),
             ("profile_requests", self.counters.profiled_requests),
+            (
+                "profile_samples_skipped_level",
+                self.counters.samples_skipped_level,
+            ),
             ("profile_samples_attributed", a.attributed),
             ("profile_samples_unattributed", a.unattributed),
             ("profile_off_cpu_lost", a.lost_off_cpu),
@@ -447,5 +503,6 @@ fn refresh_threads(
         .set_tstates(tables, pid, &threads)
         .map_err(|source| Error::Capture { pid, source })?;
     proc.tids = threads.keys().copied().collect();
+    proc.tstates = threads;
     Ok(())
 }

@@ -8,6 +8,8 @@
 
 mod daemon_file;
 mod endpoints;
+pub mod levels;
+pub mod outliers;
 pub mod profiles;
 mod requests;
 pub mod rollup;

@@ -79,6 +79,8 @@ const MIGRATIONS: &[&str] = &[
     super::profiles::MIGRATION,
     // 4: per-endpoint rollups of the requests (store/rollup.rs).
     super::rollup::MIGRATION,
+    // 5: monitoring levels, level-0 counts, running averages and outliers (store/levels.rs).
+    super::levels::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -164,11 +166,15 @@ mod tests {
                 "attribution",
                 "counters",
                 "daemon_runs",
+                "endpoint_averages",
                 "endpoint_duration_totals",
                 "endpoint_durations",
                 "endpoint_hours",
+                "endpoint_levels",
                 "endpoint_totals",
+                "endpoint_unrecorded",
                 "endpoints",
+                "outliers",
                 "profile_frames",
                 "profile_samples",
                 "profile_stacks",
