@@ -233,9 +233,16 @@ mod tests {
     fn fmd_names_for_levels_and_outliers() {
         let c: Config = toml::from_str("MONITOR_LEVEL = 2\nOUTLIER_DETECTION_CONSTANT = 3.5\n")
             .expect("FMD's names");
-        assert_eq!((c.monitor_level, c.outlier_detection_constant), (Some(2), 3.5));
+        assert_eq!(
+            (c.monitor_level, c.outlier_detection_constant),
+            (Some(2), 3.5)
+        );
         let c: Config = toml::from_str("monitor_level = 4").expect("parses");
-        assert!(c.validate().unwrap_err().to_string().contains("monitor_level"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("monitor_level"));
         let c: Config = toml::from_str("outlier_detection_constant = 0.0").expect("parses");
         assert!(c.validate().is_err());
     }

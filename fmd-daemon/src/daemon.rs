@@ -27,13 +27,13 @@ use crate::{
         Capture,
     },
     config::Config,
-    levels::Levels,
-    outliers::{context::Redactor, monitor::Monitor, Detector},
     flask::{
         app::{self as flask_app, UrlMap},
         attribution::Attributor,
         matcher::MapOptions,
     },
+    levels::Levels,
+    outliers::{context::Redactor, monitor::Monitor, snapshot::Snapshotter, Detector},
     profile::Collector,
     request::Request,
     store::{self, names, profiles::ProfileSink, DaemonFile, RunInfo, Store, WriterHandle},
@@ -151,6 +151,7 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         events: 0,
         target_gone: false,
         monitor,
+        snapshots: Snapshotter::default(),
         serving: std::collections::HashMap::new(),
     };
     let mut routes_rx = routes_rx;
@@ -313,6 +314,8 @@ struct Pipeline {
     target_gone: bool,
     /// Levels, outliers and live snapshots.
     monitor: Monitor,
+    /// Live stack snapshots of slow running requests.
+    snapshots: Snapshotter,
     /// tid -> start of the request it serves (monotonic ns), as last seen by [`Pipeline::note_serving`].
     serving: std::collections::HashMap<u32, u64>,
 }
@@ -534,6 +537,7 @@ impl Pipeline {
         self.attribute();
         self.attributor.forget(pid, &mut self.batch);
         self.routes_asked.remove(&pid);
+        self.snapshots.forget(pid);
         match self.capture.forget_connections(pid) {
             Ok(n) if n > 0 => debug!(
                 pid,
@@ -608,9 +612,8 @@ impl Pipeline {
         }
         for due in self.monitor.due(monotonic_ns(), running) {
             let frames = self
-                .profiling
-                .as_mut()
-                .and_then(|p| p.collector.snapshot(due.request.worker_pid, due.request.tid))
+                .snapshots
+                .snapshot(due.request.worker_pid, due.request.tid)
                 .unwrap_or_default();
             self.monitor.live(&due, frames);
         }

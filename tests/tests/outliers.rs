@@ -81,12 +81,22 @@ fn endpoint(daemon: &Daemon, name: &str) -> Option<Value> {
 fn bearer(db: &Path) -> Option<String> {
     let mut path = db.as_os_str().to_owned();
     path.push(".token");
-    std::fs::read_to_string(path).ok().map(|t| format!("Bearer {}", t.trim()))
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|t| format!("Bearer {}", t.trim()))
 }
 
 fn has_profile(db: &Path, id: i64) -> bool {
     Command::new(daemon_binary())
-        .args(["query", "profile", "--format", "json", "--request", &id.to_string(), "--db"])
+        .args([
+            "query",
+            "profile",
+            "--format",
+            "json",
+            "--request",
+            &id.to_string(),
+            "--db",
+        ])
         .arg(db)
         .output()
         .expect("run query profile")
@@ -101,9 +111,11 @@ fn level_zero_stores_no_rows_and_level_three_profiles_at_once() {
     };
     assert_eq!(send(&app.addr, &Req::get("/quiet")), 200);
     // The worker's route table is read at its first request; its endpoints get the default level, 3.
-    wait_for(Duration::from_secs(15), "quiet at level 3 with one hit", || {
-        endpoint(&daemon, "quiet").filter(|e| e["monitor_level"] == 3 && e["hits"] == 1)
-    });
+    wait_for(
+        Duration::from_secs(15),
+        "quiet at level 3 with one hit",
+        || endpoint(&daemon, "quiet").filter(|e| e["monitor_level"] == 3 && e["hits"] == 1),
+    );
     let stored = daemon.query("requests", &["--endpoint", "quiet"]);
     let last_stored = stored.last().expect("one request")["ts"]
         .as_str()
@@ -124,26 +136,38 @@ fn level_zero_stores_no_rows_and_level_three_profiles_at_once() {
     for _ in 0..20 {
         assert_eq!(send(&app.addr, &Req::get("/quiet")), 200);
     }
-    let row = wait_for(Duration::from_secs(10), "the last-requested time to move", || {
-        endpoint(&daemon, "quiet").filter(|e| {
-            e["last_requested"]
-                .as_str()
-                .is_some_and(|t| t > last_stored.as_str())
-        })
-    });
+    let row = wait_for(
+        Duration::from_secs(10),
+        "the last-requested time to move",
+        || {
+            endpoint(&daemon, "quiet").filter(|e| {
+                e["last_requested"]
+                    .as_str()
+                    .is_some_and(|t| t > last_stored.as_str())
+            })
+        },
+    );
     assert_eq!(row["monitor_level"], 0);
     assert_eq!(row["hits"], 1, "level-0 requests are not stored: {row}");
     assert_eq!(
         daemon.query("requests", &["--endpoint", "quiet"]).len(),
         stored.len()
     );
-    let out = Command::new(daemon_binary())
-        .args(["level", "get", "quiet", "--db"])
-        .arg(&daemon.db)
-        .output()
-        .expect("run level get");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("level 0 (20 requests counted"), "{said}");
+    // The count is stored every half second: all 20 soon.
+    wait_for(
+        Duration::from_secs(10),
+        "20 requests counted at level 0",
+        || {
+            let out = Command::new(daemon_binary())
+                .args(["level", "get", "quiet", "--db"])
+                .arg(&daemon.db)
+                .output()
+                .expect("run level get");
+            String::from_utf8_lossy(&out.stdout)
+                .contains("level 0 (20 requests counted")
+                .then_some(())
+        },
+    );
 
     // Level 3 through the API: the very next requests are profiled.
     let mut put = Req::post("/api/endpoints/quiet/level", br#"{"level":3}"#)
@@ -156,7 +180,12 @@ fn level_zero_stores_no_rows_and_level_three_profiles_at_once() {
         .expect("connect to the API")
         .send(&put.closing())
         .expect("PUT level");
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     let switched = Instant::now();
     for _ in 0..5 {
         assert_eq!(send(&app.addr, &Req::get("/quiet")), 200);
@@ -175,7 +204,10 @@ fn level_zero_stores_no_rows_and_level_three_profiles_at_once() {
             has_profile(&daemon.db, id).then_some(())
         });
     }
-    assert_eq!(endpoint(&daemon, "quiet").expect("quiet")["monitor_level"], 3);
+    assert_eq!(
+        endpoint(&daemon, "quiet").expect("quiet")["monitor_level"],
+        3
+    );
 }
 
 /// The outliers of `endpoint` (finished or live).
@@ -198,16 +230,25 @@ fn slow_requests_are_outliers_with_their_context() {
         assert_eq!(send(&app.addr, &req), 200);
     }
     let slow: BTreeSet<i64> = (0..100).filter(|n| n % 20 == 19).collect();
-    let found = wait_for(Duration::from_secs(15), "the slow requests' outliers", || {
-        let got: Vec<Value> = outliers(&daemon, "mixed")
-            .into_iter()
-            .filter(|o| o["live"] == false)
-            .collect();
-        (got.len() >= slow.len()).then_some(got)
-    });
+    let found = wait_for(
+        Duration::from_secs(15),
+        "the slow requests' outliers",
+        || {
+            let got: Vec<Value> = outliers(&daemon, "mixed")
+                .into_iter()
+                .filter(|o| o["live"] == false)
+                .collect();
+            // Request rows are written within a second, the outliers on their own: wait for both.
+            (got.len() >= slow.len() && got.iter().all(|o| o["request_id"].is_i64())).then_some(got)
+        },
+    );
     let ns: BTreeSet<i64> = found
         .iter()
-        .map(|o| o["request_values"]["json"]["n"].as_i64().expect("n in the JSON body"))
+        .map(|o| {
+            o["request_values"]["json"]["n"]
+                .as_i64()
+                .expect("n in the JSON body")
+        })
         .collect();
     assert_eq!(ns, slow, "exactly the slow requests are outliers");
     // The cores /proc/stat lists (`cpu0`, `cpu1`, ...).
@@ -224,15 +265,26 @@ fn slow_requests_are_outliers_with_their_context() {
             o["duration_ms"].as_f64().expect("duration"),
             o["threshold_ms"].as_f64().expect("threshold"),
         );
-        assert!(duration >= 200.0 && duration > threshold && threshold > 0.0, "{ctx}");
+        assert!(
+            duration >= 200.0 && duration > threshold && threshold > 0.0,
+            "{ctx}"
+        );
         // The stack starts at the view and names the helper's line.
         let stack = o["stack"].as_array().expect("stack");
-        assert_eq!(stack.first().map(|f| &f["function"]), Some(&Value::from("mixed")), "{ctx}");
+        assert_eq!(
+            stack.first().map(|f| &f["function"]),
+            Some(&Value::from("mixed")),
+            "{ctx}"
+        );
         assert!(
             stack.iter().any(|f| f["function"] == "slow_helper"
                 && f["line"] == marks["slow-helper-sleep"]
-                && f["file"].as_str().is_some_and(|p| p.ends_with("outliers_app.py"))
-                && f["code"].as_str().is_some_and(|c| c.contains("time.sleep(0.2)"))),
+                && f["file"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("outliers_app.py"))
+                && f["code"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("time.sleep(0.2)"))),
             "{ctx}"
         );
         // Secrets redacted; the rest kept.
@@ -253,15 +305,29 @@ fn slow_requests_are_outliers_with_their_context() {
         assert_eq!(env["CONTENT_TYPE"], "application/json", "{ctx}");
         assert_eq!(env["HTTP_AUTHORIZATION"], REDACTED, "{ctx}");
         assert!(
-            env["QUERY_STRING"].as_str().is_some_and(|q| q.contains("token=[redacted]") && !q.contains("abc")),
+            env["QUERY_STRING"]
+                .as_str()
+                .is_some_and(|q| q.contains("token=[redacted]") && !q.contains("abc")),
             "{ctx}"
         );
         // The machine at that moment.
         let cpu = o["cpu_percent"].as_array().expect("cpu_percent");
         assert_eq!(cpu.len(), cores, "{ctx}");
-        assert!(cpu.iter().all(|p| p.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p))), "{ctx}");
-        assert!(o["worker_rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{ctx}");
-        assert!(o["machine_memory_used_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{ctx}");
+        assert!(
+            cpu.iter()
+                .all(|p| p.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p))),
+            "{ctx}"
+        );
+        assert!(
+            o["worker_rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20),
+            "{ctx}"
+        );
+        assert!(
+            o["machine_memory_used_bytes"]
+                .as_u64()
+                .is_some_and(|b| b > 1 << 20),
+            "{ctx}"
+        );
     }
     // The API answers the same filter, most recent first when limited.
     let mut conn = Conn::tcp(&daemon.listen).expect("connect to the API");
@@ -296,7 +362,9 @@ fn a_hanging_request_has_a_live_outlier_before_it_ends() {
         })
     };
     let live = wait_for(Duration::from_secs(14), "a live outlier", || {
-        outliers(&daemon, "block").into_iter().find(|o| o["live"] == true)
+        outliers(&daemon, "block")
+            .into_iter()
+            .find(|o| o["live"] == true)
     });
     assert!(
         !done.load(Ordering::SeqCst),
@@ -312,14 +380,23 @@ fn a_hanging_request_has_a_live_outlier_before_it_ends() {
     );
     let stack = live["stack"].as_array().expect("stack");
     assert!(
-        stack.iter().any(|f| f["function"] == "block" && f["line"] == marks["block-sleep"]),
+        stack
+            .iter()
+            .any(|f| f["function"] == "block" && f["line"] == marks["block-sleep"]),
         "{ctx}"
     );
     assert_eq!(client.join().expect("client"), 200);
     // Once finished it is an outlier too, now with its stored request.
+    // Its request row is written within a second, after the outlier: wait for both.
     let finished = wait_for(Duration::from_secs(10), "the finished outlier", || {
-        outliers(&daemon, "block").into_iter().find(|o| o["live"] == false)
+        outliers(&daemon, "block")
+            .into_iter()
+            .find(|o| o["live"] == false && o["request_id"].is_i64())
     });
-    assert!(finished["request_id"].is_i64(), "{finished}");
-    assert!(finished["duration_ms"].as_f64().is_some_and(|d| d >= 15_000.0), "{finished}");
+    assert!(
+        finished["duration_ms"]
+            .as_f64()
+            .is_some_and(|d| d >= 15_000.0),
+        "{finished}"
+    );
 }

@@ -143,7 +143,9 @@ mod tests {
             .expect("request");
         let response = app.clone().oneshot(request).await.expect("response");
         let status = response.status();
-        let body = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        let body = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
         (status, serde_json::from_slice(&body).unwrap_or_default())
     }
 
@@ -153,7 +155,8 @@ mod tests {
         let store = Store::open(&dir.path().join("fmd.duckdb")).expect("open");
         levels::insert_levels(store.connection(), &[("index".into(), 3)], 1).expect("level");
         let levels = Arc::new(Levels::new(3, HashMap::new()));
-        let app = router(AppState::new(store.reader().expect("reader")).with_levels(levels.clone()));
+        let app =
+            router(AppState::new(store.reader().expect("reader")).with_levels(levels.clone()));
         let (status, body) = put(&app, "/api/endpoints/index/level", r#"{"level":0}"#).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["level"], 0);
@@ -163,7 +166,10 @@ mod tests {
         for bad in [r#"{"level":4}"#, r#"{"level":-1}"#, r#"{"lvl":1}"#, "nope"] {
             let (status, body) = put(&app, "/api/endpoints/index/level", bad).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
-            assert!(body["error"].as_str().is_some_and(|e| e.contains("level")), "{body}");
+            assert!(
+                body["error"].as_str().is_some_and(|e| e.contains("level")),
+                "{body}"
+            );
         }
         let (status, _) = put(&app, "/api/endpoints/nope/level", r#"{"level":1}"#).await;
         assert_eq!(status, StatusCode::NOT_FOUND);

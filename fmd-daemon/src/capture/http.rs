@@ -248,7 +248,11 @@ impl Assembler {
     pub fn in_flight(&self, mut visit: impl FnMut(u64, i64, &Request)) {
         for conn in self.conns.values() {
             for ex in &conn.exchanges {
-                visit(ex.start_ts, wall_us(ex.start_ts, self.clock_offset_ns), &ex.req);
+                visit(
+                    ex.start_ts,
+                    wall_us(ex.start_ts, self.clock_offset_ns),
+                    &ex.req,
+                );
             }
         }
     }

@@ -52,7 +52,10 @@ pub fn run_level(args: LevelArgs) -> anyhow::Result<()> {
 }
 
 fn running(db: &Path) -> Option<DaemonFile> {
-    DaemonFile::read(db).ok().flatten().filter(DaemonFile::is_alive)
+    DaemonFile::read(db)
+        .ok()
+        .flatten()
+        .filter(DaemonFile::is_alive)
 }
 
 /// The local credential the daemon writes next to its store (`<db>.token`), when present.
@@ -86,7 +89,11 @@ fn get(db: &Path, endpoint: &str) -> anyhow::Result<EndpointLevel> {
         return call(db, &daemon, endpoint, None);
     }
     let store = Store::open_read_only(db)?;
-    Ok(levels::endpoint_level(store.connection(), endpoint, MONITOR_LEVEL)?)
+    Ok(levels::endpoint_level(
+        store.connection(),
+        endpoint,
+        MONITOR_LEVEL,
+    )?)
 }
 
 /// `GET` or (with a level) `PUT /api/endpoints/{endpoint}/level` on the running daemon.
@@ -133,7 +140,10 @@ fn call(
     if !status.is_success() {
         let body: serde_json::Value = serde_json::from_reader(reader).unwrap_or_default();
         let message = body["error"].as_str().unwrap_or("no error message");
-        bail!("the fmd daemon at {} answered {status}: {message}", daemon.listen);
+        bail!(
+            "the fmd daemon at {} answered {status}: {message}",
+            daemon.listen
+        );
     }
     serde_json::from_reader(reader).context("bad answer from the fmd daemon")
 }

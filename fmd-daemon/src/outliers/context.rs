@@ -12,7 +12,12 @@ use crate::request::Request;
 /// What a redacted value is replaced with.
 pub const REDACTED: &str = "[redacted]";
 /// Headers whose values are always redacted.
-const SECRET_HEADERS: &[&str] = &["authorization", "cookie", "set-cookie", "proxy-authorization"];
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+];
 /// The default names of fields (headers, query, form, JSON keys) whose values are redacted.
 pub const DEFAULT_REDACT: &[&str] = &[
     "password",
@@ -38,7 +43,11 @@ pub struct Redactor {
 impl Redactor {
     pub fn new(names: &[String]) -> Self {
         Self {
-            names: names.iter().map(|n| normalise(n)).filter(|n| !n.is_empty()).collect(),
+            names: names
+                .iter()
+                .map(|n| normalise(n))
+                .filter(|n| !n.is_empty())
+                .collect(),
         }
     }
 
@@ -91,7 +100,12 @@ impl Redactor {
 
 impl Default for Redactor {
     fn default() -> Self {
-        Self::new(&DEFAULT_REDACT.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+        Self::new(
+            &DEFAULT_REDACT
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>(),
+        )
     }
 }
 
@@ -111,7 +125,9 @@ fn bounded(value: &str) -> String {
 }
 
 fn decode(s: &str) -> String {
-    percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
+    percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The request's context as an outlier keeps it.
@@ -133,7 +149,12 @@ pub fn request_context(req: &Request, redactor: &Redactor) -> RequestContext {
         Ok(httparse::Status::Complete(len)) => (
             head.headers
                 .iter()
-                .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect(),
             req.head.get(len..).unwrap_or_default(),
         ),
@@ -269,7 +290,12 @@ fn server(host: Option<&str>) -> (String, String) {
         }
         _ => (host, "80"),
     };
-    (name.trim_start_matches('[').trim_end_matches(']').to_owned(), port.to_owned())
+    (
+        name.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port.to_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -293,7 +319,14 @@ mod tests {
     #[test]
     fn redaction_names() {
         let r = Redactor::default();
-        for secret in ["password", "User_Password", "X-Api-Key", "apikey", "csrf_token", "SESSION"] {
+        for secret in [
+            "password",
+            "User_Password",
+            "X-Api-Key",
+            "apikey",
+            "csrf_token",
+            "SESSION",
+        ] {
             assert!(r.is_secret(secret), "{secret}");
         }
         for plain in ["user", "q", "Accept", "page"] {
@@ -341,7 +374,8 @@ mod tests {
 
     #[test]
     fn form_body_repeated_fields_and_truncation() {
-        let head = "POST /f HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+        let head =
+            "POST /f HTTP/1.1\r\nHost: h\r\nContent-Type: application/x-www-form-urlencoded\r\n\
                     Content-Length: 100\r\n\r\na=1&a=2&passwd=x&b=hello+world";
         let c = request_context(&req(head, None), &Redactor::default());
         assert_eq!(

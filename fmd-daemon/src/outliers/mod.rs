@@ -5,6 +5,7 @@
 
 pub mod context;
 pub mod monitor;
+pub mod snapshot;
 pub mod system;
 
 use std::collections::{HashMap, HashSet};

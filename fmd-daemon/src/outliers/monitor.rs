@@ -122,7 +122,10 @@ impl Monitor {
             let threshold = self.detector.observe(endpoint, ms);
             if level == LAST_REQUESTED {
                 self.counters.unrecorded += 1;
-                let entry = self.unrecorded.entry(endpoint.to_owned()).or_insert((0, r.ts_us));
+                let entry = self
+                    .unrecorded
+                    .entry(endpoint.to_owned())
+                    .or_insert((0, r.ts_us));
                 entry.0 += 1;
                 entry.1 = entry.1.max(r.ts_us);
                 return false;
@@ -131,17 +134,22 @@ impl Monitor {
                 keep_profile.insert(key);
             }
             if let (Some(threshold_ms), true) = (threshold, level >= OUTLIERS) {
-                let stack = by_request
-                    .get(&key)
-                    .map(heaviest_stack)
-                    .unwrap_or_default();
+                let stack = by_request.get(&key).map(heaviest_stack).unwrap_or_default();
                 outliers.push((r.clone(), threshold_ms, stack));
             }
             true
         });
         for (r, threshold_ms, stack) in outliers {
             let endpoint = r.endpoint.clone().unwrap_or_default();
-            let o = self.outlier(&r, &endpoint, r.ts_us, ms(r.duration_ns), threshold_ms, stack, false);
+            let o = self.outlier(
+                &r,
+                &endpoint,
+                r.ts_us,
+                ms(r.duration_ns),
+                threshold_ms,
+                stack,
+                false,
+            );
             self.pending.outliers.push(o);
             self.counters.outliers += 1;
         }
@@ -198,8 +206,8 @@ impl Monitor {
     }
 
     /// Records a live snapshot (`frames` outermost first) of a running request.
-    pub fn live(&mut self, due: &Due, frames: Vec<ProfileFrame>) {
-        let stack = trim_to_view(frames.into_iter().map(stack_frame).collect());
+    pub fn live(&mut self, due: &Due, frames: Vec<StackFrame>) {
+        let stack = trim_to_view(frames);
         let o = self.outlier(
             &due.request,
             &due.endpoint,
@@ -419,7 +427,7 @@ mod tests {
         let due = m.due(20_000_000, running(0));
         assert_eq!(due.len(), 1);
         assert!((due[0].elapsed_ms - 20.0).abs() < 1e-9);
-        m.live(&due[0], vec![frame("view", "/app.py")]);
+        m.live(&due[0], vec![stack_frame(frame("view", "/app.py"))]);
         assert!(m.pending.outliers[0].live);
         // Not again within LIVE_INTERVAL; another request is due at once.
         assert!(m.due(30_000_000, running(0)).is_empty());

@@ -70,8 +70,6 @@ struct Proc {
     resolved: HashMap<(u64, u64), (u64, FrameId)>,
     batch: u64,
     tids: HashSet<u32>,
-    /// tid -> `PyThreadState` address, for live snapshots.
-    tstates: HashMap<u32, u64>,
     refreshed: Instant,
 }
 
@@ -184,7 +182,6 @@ impl Collector {
             resolved: HashMap::new(),
             batch: 0,
             tids: HashSet::new(),
-            tstates: HashMap::new(),
             refreshed: Instant::now(),
         };
         refresh_threads(capture, &mut self.tables, pid, &mut proc)?;
@@ -370,36 +367,6 @@ impl Collector {
         }
     }
 
-    /// A live snapshot of thread `tid` of worker `pid`: its Python stack read from memory now (the thread
-    /// keeps running), outermost frame first; `None` when fmd does not know the thread's interpreter state.
-    pub fn snapshot(&mut self, pid: u32, tid: u32) -> Option<Vec<ProfileFrame>> {
-        let proc = self.procs.get_mut(&pid)?;
-        if !proc.tstates.contains_key(&tid) {
-            // A thread started since the last refresh.
-            if let Ok(map) = proc.interp.tid_map() {
-                proc.tstates = map;
-            }
-        }
-        let &tstate = proc.tstates.get(&tid)?;
-        let (raw, _) = python::stack::walk(&proc.interp.mem, &proc.layout, tstate);
-        let reader = proc.interp.reader();
-        let mut frames: Vec<ProfileFrame> = python_frames(&proc.layout, &raw)
-            .map(|f| {
-                let location = proc.symbols.locate(&reader, f.code, f.instr);
-                let source = self.sources.line(pid, &location.file, location.line);
-                ProfileFrame {
-                    file: location.file,
-                    line: location.line,
-                    function: location.function,
-                    first_line: location.first_line,
-                    source,
-                }
-            })
-            .collect();
-        frames.reverse();
-        Some(frames)
-    }
-
     /// A `WAKE` record: the thread's pending off-CPU stack gets its weight.
     pub fn on_wake(&mut self, h: &EventHeader) {
         self.attributor.wake(h.tid, h.len);
@@ -503,6 +470,5 @@ fn refresh_threads(
         .set_tstates(tables, pid, &threads)
         .map_err(|source| Error::Capture { pid, source })?;
     proc.tids = threads.keys().copied().collect();
-    proc.tstates = threads;
     Ok(())
 }

@@ -1133,6 +1133,8 @@ mod tests {
                      DROP TABLE profile_stacks; DROP TABLE profile_frames; DROP TABLE profiled_requests; \
                      DROP TABLE endpoint_hours; DROP TABLE endpoint_durations; DROP TABLE endpoint_totals; \
                      DROP TABLE endpoint_duration_totals; DROP TABLE rollup_state; \
+                     DROP TABLE outliers; DROP TABLE endpoint_levels; DROP TABLE endpoint_unrecorded; \
+                     DROP TABLE endpoint_averages; \
                      UPDATE schema_version SET version = 1",
                 )
                 .expect("downgrade");

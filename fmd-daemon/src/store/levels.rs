@@ -145,11 +145,16 @@ pub fn unrecorded(conn: &Connection) -> Result<HashMap<String, (u64, Micros)>, E
     let rows = stmt
         .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))
         .map_err(sql("read level-0 counts"))?;
-    rows.collect::<Result<_, _>>().map_err(sql("read level-0 counts"))
+    rows.collect::<Result<_, _>>()
+        .map_err(sql("read level-0 counts"))
 }
 
 /// One endpoint's level and level-0 count; `default` when no level is stored for it.
-pub fn endpoint_level(conn: &Connection, endpoint: &str, default: u8) -> Result<EndpointLevel, Error> {
+pub fn endpoint_level(
+    conn: &Connection,
+    endpoint: &str,
+    default: u8,
+) -> Result<EndpointLevel, Error> {
     let level = levels(conn)?.get(endpoint).copied().unwrap_or(default);
     let (unrecorded_requests, last) = unrecorded(conn)?
         .get(endpoint)
@@ -233,7 +238,10 @@ mod tests {
         set_level(c, "a", 0, 2).expect("set");
         // A default never overrides a stored level.
         insert_levels(c, &[("a".into(), 3)], 3).expect("insert");
-        assert_eq!(levels(c).expect("levels"), HashMap::from([("a".into(), 0), ("b".into(), 3)]));
+        assert_eq!(
+            levels(c).expect("levels"),
+            HashMap::from([("a".into(), 0), ("b".into(), 3)])
+        );
         add_unrecorded(c, &[("a".into(), 2, 100)]).expect("add");
         add_unrecorded(c, &[("a".into(), 3, 50)]).expect("add");
         let got = endpoint_level(c, "a", 3).expect("level");
@@ -244,7 +252,17 @@ mod tests {
             mean_ms: 4.5,
         };
         save_averages(c, &[("a".into(), avg)]).expect("save");
-        save_averages(c, &[("a".into(), Average { requests: 13, ..avg })]).expect("save");
+        save_averages(
+            c,
+            &[(
+                "a".into(),
+                Average {
+                    requests: 13,
+                    ..avg
+                },
+            )],
+        )
+        .expect("save");
         assert_eq!(averages(c).expect("averages")["a"].requests, 13);
     }
 }

@@ -70,7 +70,11 @@ fn json<T: Serialize>(value: &T) -> String {
 }
 
 /// Appends `outliers` with ids `first_id..` (inside the caller's transaction).
-pub fn append_outliers(conn: &Connection, first_id: i64, outliers: &[Outlier]) -> Result<(), Error> {
+pub fn append_outliers(
+    conn: &Connection,
+    first_id: i64,
+    outliers: &[Outlier],
+) -> Result<(), Error> {
     let appended = (|| {
         let mut appender = conn.appender("outliers")?;
         for (id, o) in (first_id..).zip(outliers) {
@@ -147,7 +151,9 @@ pub fn outliers(conn: &Connection, filter: &OutlierFilter) -> Result<Vec<Outlier
             })
         })
         .map_err(sql("read outliers"))?;
-    let mut out: Vec<Outlier> = rows.collect::<Result<_, _>>().map_err(sql("read outliers"))?;
+    let mut out: Vec<Outlier> = rows
+        .collect::<Result<_, _>>()
+        .map_err(sql("read outliers"))?;
     out.reverse();
     Ok(out)
 }
@@ -201,9 +207,11 @@ pub fn spawn_outlier_writer(conn: Connection) -> Result<(OutlierSink, JoinHandle
 }
 
 fn write_loop(conn: &Connection, rx: &Receiver<OutlierBatch>) {
-    let mut next_id = match conn.query_row("SELECT coalesce(max(id), 0) + 1 FROM outliers", [], |r| {
-        r.get::<_, i64>(0)
-    }) {
+    let mut next_id = match conn.query_row(
+        "SELECT coalesce(max(id), 0) + 1 FROM outliers",
+        [],
+        |r| r.get::<_, i64>(0),
+    ) {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the outliers table: outliers are not stored");
@@ -273,7 +281,11 @@ mod tests {
         r.worker_pid = 7;
         r.tid = 7;
         append_requests(c, 1, 41, &[r.clone()]).expect("request");
-        let batch = [outlier("a", r.ts_us, false), outlier("b", 5, true), outlier("a", 9, true)];
+        let batch = [
+            outlier("a", r.ts_us, false),
+            outlier("b", 5, true),
+            outlier("a", 9, true),
+        ];
         append_outliers(c, 1, &batch).expect("append");
         let all = outliers(c, &OutlierFilter::default()).expect("read");
         assert_eq!(all.len(), 3);
@@ -292,7 +304,11 @@ mod tests {
             },
         )
         .expect("read");
-        assert_eq!(a.iter().map(|o| o.id).collect::<Vec<_>>(), [3], "the most recent");
+        assert_eq!(
+            a.iter().map(|o| o.id).collect::<Vec<_>>(),
+            [3],
+            "the most recent"
+        );
         let since = outliers(
             c,
             &OutlierFilter {
