@@ -48,6 +48,17 @@ pub struct Config {
     pub users: crate::identity::UsersConfig,
     /// Which peers may forward the client's address.
     pub proxies: crate::identity::ProxiesConfig,
+    /// Level (0-3) given to endpoints when first seen (FMD's `MONITOR_LEVEL`); `None`: 3 while the profiler
+    /// runs, else 1. Changed per endpoint at run time with `fmd-daemon level set`.
+    #[serde(alias = "MONITOR_LEVEL")]
+    pub monitor_level: Option<u8>,
+    /// A request is an outlier when slower than this times its endpoint's average (FMD's
+    /// `OUTLIER_DETECTION_CONSTANT`).
+    #[serde(alias = "OUTLIER_DETECTION_CONSTANT")]
+    pub outlier_detection_constant: f64,
+    /// Header, query, form and JSON field names (case-insensitive substrings, `-` read as `_`) whose values
+    /// outliers keep redacted; Authorization, Cookie, Set-Cookie and Proxy-Authorization always are.
+    pub redact_fields: Vec<String>,
 }
 
 impl Default for Config {
@@ -64,6 +75,15 @@ impl Default for Config {
             git: None,
             users: crate::identity::UsersConfig::default(),
             proxies: crate::identity::ProxiesConfig::default(),
+            // As today: level 3 while the profiler runs.
+            monitor_level: None,
+            // Flask-MonitoringDashboard's default.
+            outlier_detection_constant: crate::outliers::DEFAULT_CONSTANT,
+            // Names that hold credentials in common Flask apps.
+            redact_fields: crate::outliers::context::DEFAULT_REDACT
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }
     }
 }
@@ -152,6 +172,12 @@ impl Config {
         Ok(config)
     }
 
+    /// The level endpoints get when first seen: `monitor_level`, else 3 with the profiler on, else 1.
+    pub fn default_level(&self) -> u8 {
+        self.monitor_level
+            .unwrap_or_else(|| crate::levels::default_for(self.profiler.sample_hz))
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
         if self.capture.max_connections == 0 {
             return Err(Error::Invalid {
@@ -169,6 +195,19 @@ impl Config {
             return Err(Error::Invalid {
                 key: "profiler.sample_hz",
                 reason: "must be at most 10000".into(),
+            });
+        }
+        if self.monitor_level.is_some_and(|l| l > crate::levels::MAX) {
+            return Err(Error::Invalid {
+                key: "monitor_level",
+                reason: "must be 0, 1, 2 or 3".into(),
+            });
+        }
+        let c = self.outlier_detection_constant;
+        if !c.is_finite() || c <= 0.0 {
+            return Err(Error::Invalid {
+                key: "outlier_detection_constant",
+                reason: "must be a positive number".into(),
             });
         }
         if self.db.as_os_str().is_empty() {
@@ -210,6 +249,35 @@ mod tests {
         );
         check("dbb = 1", Err("unknown field"));
         check("listen = \"not an address\"", Err("invalid socket address"));
+    }
+
+    #[test]
+    fn fmd_names_for_levels_and_outliers() {
+        let c: Config = toml::from_str("MONITOR_LEVEL = 2\nOUTLIER_DETECTION_CONSTANT = 3.5\n")
+            .expect("FMD's names");
+        assert_eq!(
+            (c.monitor_level, c.outlier_detection_constant),
+            (Some(2), 3.5)
+        );
+        let c: Config = toml::from_str("monitor_level = 4").expect("parses");
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("monitor_level"));
+        let c: Config = toml::from_str("outlier_detection_constant = 0.0").expect("parses");
+        assert!(c.validate().is_err());
+    }
+
+    /// The level endpoints get when first seen.
+    #[test]
+    fn default_level_follows_the_profiler() {
+        let mut c = Config::default();
+        assert_eq!(c.default_level(), 3);
+        c.profiler.sample_hz = 0;
+        assert_eq!(c.default_level(), 1);
+        c.monitor_level = Some(0);
+        assert_eq!(c.default_level(), 0);
     }
 
     #[test]

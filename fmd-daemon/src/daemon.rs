@@ -34,6 +34,8 @@ use crate::{
         matcher::MapOptions,
     },
     identity::Identify,
+    levels::Levels,
+    outliers::{context::Redactor, monitor::Monitor, snapshot::Snapshotter, Detector},
     profile::Collector,
     request::Request,
     store::{self, names, profiles::ProfileSink, DaemonFile, RunInfo, Store, WriterHandle},
@@ -59,7 +61,8 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let target = procs::resolve(pid)?;
     info!(?target, "monitoring");
     let store = Store::open(&config.db)?;
-    let api_state = api::AppState::new(store.reader()?);
+    let (monitor, levels, outlier_writer) = start_monitor(&config, &store)?;
+    let api_state = api::AppState::new(store.reader()?).with_levels(levels);
     let mut capture = info_span!("attach").in_scope(Capture::load)?;
     watch_target(&mut capture, &target)?;
     let workers = match &target {
@@ -171,6 +174,9 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         batch: Vec::new(),
         events: 0,
         target_gone: false,
+        monitor,
+        snapshots: Snapshotter::default(),
+        serving: std::collections::HashMap::new(),
     };
     let mut routes_rx = routes_rx;
     let result = pipeline.run(ring, &mut routes_rx).await;
@@ -182,7 +188,9 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     pipeline.attributor.finish(&mut pipeline.batch);
     pipeline.hand_over().await;
     pipeline.store_counters().await;
+    pipeline.monitor.close();
     drop(pipeline);
+    let _ = outlier_writer.join();
     // The pipeline held the profile sink: the profile writer now stores what is queued and stops.
     if let Some(thread) = profile_writer {
         let _ = thread.join();
@@ -214,6 +222,36 @@ fn watch_log_fds(capture: &mut Capture, pid: u32) {
             warn!(pid, error = %e, "cannot watch the worker's log descriptors: its exceptions are not seen")
         }
     }
+}
+
+/// The levels (stored ones, and the default for new endpoints), the running averages and the outlier
+/// writer.
+fn start_monitor(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<(Monitor, Arc<Levels>, std::thread::JoinHandle<()>)> {
+    let conn = store.connection();
+    let levels = Arc::new(Levels::new(
+        config.default_level(),
+        store::levels::levels(conn)?,
+    ));
+    let detector = Detector::new(
+        config.outlier_detection_constant,
+        store::levels::averages(conn)?,
+    );
+    let (sink, thread) = store::outliers::spawn_outlier_writer(store.reader()?)?;
+    info!(
+        default_level = levels.default_level(),
+        constant = config.outlier_detection_constant,
+        "monitoring levels and outliers"
+    );
+    let monitor = Monitor::new(
+        Arc::clone(&levels),
+        detector,
+        Redactor::new(&config.redact_fields),
+        Some(sink),
+    );
+    Ok((monitor, levels, thread))
 }
 
 fn watch_target(capture: &mut Capture, target: &Target) -> Result<(), capture::Error> {
@@ -324,6 +362,12 @@ struct Pipeline {
     batch: Vec<Request>,
     events: u64,
     target_gone: bool,
+    /// Levels, outliers and live snapshots.
+    monitor: Monitor,
+    /// Live stack snapshots of slow running requests.
+    snapshots: Snapshotter,
+    /// tid -> start of the request it serves (monotonic ns), as last seen by [`Pipeline::note_serving`].
+    serving: std::collections::HashMap<u32, u64>,
 }
 
 impl Pipeline {
@@ -366,6 +410,8 @@ impl Pipeline {
                         p.collector.expire(monotonic_ns());
                     }
                     self.hand_over().await;
+                    self.snapshot_slow_requests();
+                    self.monitor.tick();
                     self.store_counters().await;
                 }
                 _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
@@ -488,6 +534,9 @@ impl Pipeline {
                 {
                     Ok(rules) => {
                         info!(pid, rules, "read the Flask route table");
+                        for r in &routes {
+                            self.monitor.level_of(&r.endpoint);
+                        }
                         self.new_routes = Some(routes);
                     }
                     Err(e) => {
@@ -545,6 +594,9 @@ impl Pipeline {
                         }
                     }
                     self.assembler.push(&header, payload, &mut self.assembled);
+                    if header.kind == kind::READ {
+                        self.note_serving(header.tgid, header.fd, header.tid);
+                    }
                 }
                 _ => self.assembler.push(&header, payload, &mut self.assembled),
             }
@@ -586,6 +638,7 @@ impl Pipeline {
         // inherit it).
         self.tag_versions();
         self.versions.remove(&pid);
+        self.snapshots.forget(pid);
         match self.capture.forget_connections(pid) {
             Ok(n) if n > 0 => debug!(
                 pid,
@@ -619,9 +672,13 @@ impl Pipeline {
             return;
         }
         self.tag_versions();
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        let profiles = match &mut self.profiling {
+            Some(p) => p.collector.take_profiles(&batch),
+            None => Vec::new(),
+        };
+        let profiles = self.monitor.process(&mut batch, profiles);
         if let Some(p) = &mut self.profiling {
-            let profiles = p.collector.take_profiles(&batch);
             if !profiles.is_empty() {
                 if let Err(e) = p.sink.send(profiles) {
                     warn!(error = %e, "request profiles are lost");
@@ -630,6 +687,46 @@ impl Pipeline {
         }
         if let Err(e) = self.writer.insert(batch).await {
             warn!(error = %e, "the store writer is gone; requests are lost");
+        }
+    }
+
+    /// A thread read from a client: when that starts a new request, tell the sampler whether its endpoint's
+    /// level wants stacks (2 or more), so samples of lower levels are dropped before symbolisation.
+    fn note_serving(&mut self, tgid: u32, fd: i32, tid: u32) {
+        let Some(p) = &mut self.profiling else { return };
+        let Some((start, req)) = self.assembler.latest_request(tgid, fd) else {
+            return;
+        };
+        if req.tid != tid || self.serving.get(&tid) == Some(&start) {
+            return;
+        }
+        self.serving.insert(tid, start);
+        let endpoint = self.attributor.endpoint_of(req);
+        let wanted = self.monitor.wants_stacks(endpoint.as_deref());
+        p.collector.set_stacks_wanted(tid, wanted);
+    }
+
+    /// Live snapshots of requests running past their endpoint's threshold (see [`Monitor::due`]).
+    fn snapshot_slow_requests(&mut self) {
+        let mut running = Vec::new();
+        let Self {
+            assembler,
+            attributor,
+            ..
+        } = self;
+        assembler.in_flight(|start_ns, start_us, req| {
+            let endpoint = attributor.endpoint_of(req);
+            running.push((start_ns, start_us, req.clone(), endpoint));
+        });
+        if self.serving.len() > 4 * running.len() + 1024 {
+            self.serving.clear();
+        }
+        for due in self.monitor.due(monotonic_ns(), running) {
+            let frames = self
+                .snapshots
+                .snapshot(due.request.worker_pid, due.request.tid)
+                .unwrap_or_default();
+            self.monitor.live(&due, frames);
         }
     }
 
@@ -689,6 +786,7 @@ impl Pipeline {
             }
             Err(e) => warn!(error = %e, "cannot read the BPF counters"),
         }
+        values.extend(self.monitor.counter_values());
         if let Some(p) = &self.profiling {
             values.extend(p.collector.counter_values());
             match self.capture.sampler_counters() {

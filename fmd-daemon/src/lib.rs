@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod exceptions;
 pub mod flask;
 pub mod identity;
+pub mod levels;
+pub mod outliers;
 pub mod profile;
 pub mod python;
 pub mod request;

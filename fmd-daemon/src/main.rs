@@ -36,6 +36,8 @@ struct Cli {
 enum Command {
     /// Print what was recorded (works while the daemon runs and after it stopped).
     Query(cli::QueryArgs),
+    /// Read or change an endpoint's monitoring level (0-3), through the running daemon or in the file.
+    Level(cli::LevelArgs),
     /// Check that fmd's BPF programs load and attach on this machine, then exit.
     Check,
     /// Bring a database up to date: apply pending schema migrations and roll up stored requests (the
@@ -67,6 +69,9 @@ struct RunArgs {
     /// Profile wall-clock time (with sleeps and waits) or on-CPU time only [default: wall].
     #[arg(long, value_enum, env = "FMD_PROFILE_MODE")]
     profile_mode: Option<fmd_daemon::profile::ProfileMode>,
+    /// Level (0-3) endpoints get when first seen [default: 3 with the profiler on, else 1].
+    #[arg(long, env = "FMD_MONITOR_LEVEL", value_parser = clap::value_parser!(u8).range(0..=3))]
+    monitor_level: Option<u8>,
     /// TOML configuration file [default: /etc/fmd/fmd.toml, if present].
     #[arg(long, env = "FMD_CONFIG")]
     config: Option<PathBuf>,
@@ -103,6 +108,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Query(args)) => cli::run_query(args),
+        Some(Command::Level(args)) => cli::run_level(args),
         Some(Command::Check) => {
             init_logging(cli.run.verbose, cli.run.log_format);
             check()
@@ -189,6 +195,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(mode) = args.profile_mode {
         config.profiler.mode = mode;
+    }
+    if let Some(level) = args.monitor_level {
+        config.monitor_level = Some(level);
     }
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

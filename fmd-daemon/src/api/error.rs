@@ -23,6 +23,8 @@ pub enum Error {
     BadFormat { value: String },
     #[error("bad query parameter {param}: {value:?} (use 1 or 0)")]
     BadFlag { param: &'static str, value: String },
+    #[error("bad level: {reason} (send JSON {{\"level\": 0, 1, 2 or 3}})")]
+    BadLevel { reason: String },
     #[error("missing query parameter {param}")]
     MissingParam { param: &'static str },
     #[error("no {what}")]
@@ -43,6 +45,7 @@ impl Error {
             | Self::BadQuery(_)
             | Self::BadFormat { .. }
             | Self::BadFlag { .. }
+            | Self::BadLevel { .. }
             | Self::MissingParam { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Store(_) | Self::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,

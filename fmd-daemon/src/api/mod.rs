@@ -4,6 +4,7 @@
 mod endpoints;
 mod error;
 mod exceptions;
+mod outliers;
 mod overview;
 mod profiles;
 mod requests;
@@ -22,6 +23,8 @@ pub use self::error::Error;
 #[derive(Clone)]
 pub struct AppState {
     db: Arc<Mutex<Connection>>,
+    /// The running daemon's levels, so a change applies at its next request.
+    levels: Option<Arc<crate::levels::Levels>>,
 }
 
 impl AppState {
@@ -29,6 +32,30 @@ impl AppState {
     pub fn new(db: Connection) -> Self {
         Self {
             db: Arc::new(Mutex::new(db)),
+            levels: None,
+        }
+    }
+
+    /// Changes of levels through the API also go to `levels` (the running daemon's).
+    pub fn with_levels(mut self, levels: Arc<crate::levels::Levels>) -> Self {
+        self.levels = Some(levels);
+        self
+    }
+
+    fn default_level(&self) -> u8 {
+        self.levels
+            .as_ref()
+            .map_or(crate::store::MONITOR_LEVEL, |l| l.default_level())
+    }
+
+    /// Whether the running daemon has seen `endpoint`.
+    fn has_level(&self, endpoint: &str) -> bool {
+        self.levels.as_ref().is_some_and(|l| l.known(endpoint))
+    }
+
+    fn apply_level(&self, endpoint: &str, level: u8) {
+        if let Some(levels) = &self.levels {
+            levels.set(endpoint, level);
         }
     }
 
@@ -75,6 +102,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/versions", get(versions::versions))
         .route("/api/exceptions", get(exceptions::exceptions))
         .route("/api/exceptions/{group}", get(exceptions::exception))
+        // Levels and outliers.
+        .route("/api/outliers", get(outliers::outliers))
+        .route(
+            "/api/endpoints/{endpoint}/level",
+            get(outliers::get_level).put(outliers::set_level),
+        )
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -251,6 +251,27 @@ impl Assembler {
         self.conns.len()
     }
 
+    /// The newest request of connection `(tgid, fd)` whose head has been parsed and whose response is not
+    /// finished, with its start (monotonic ns): what a thread reading from that connection now serves.
+    pub fn latest_request(&self, tgid: u32, fd: i32) -> Option<(u64, &Request)> {
+        let ex = self.conns.get(&Key { tgid, fd })?.exchanges.back()?;
+        Some((ex.start_ts, &ex.req))
+    }
+
+    /// Calls `visit(start_ns, start_us, request)` for every request still running (head parsed, response
+    /// not finished): its start in monotonic ns and in wall-clock µs (what `Request::ts_us` will be).
+    pub fn in_flight(&self, mut visit: impl FnMut(u64, i64, &Request)) {
+        for conn in self.conns.values() {
+            for ex in &conn.exchanges {
+                visit(
+                    ex.start_ts,
+                    wall_us(ex.start_ts, self.clock_offset_ns),
+                    &ex.req,
+                );
+            }
+        }
+    }
+
     /// The connections matching `pick`, least recently active first (a stable order for the output).
     fn keys_where(&self, pick: impl Fn(&Key, &Conn) -> bool) -> Vec<Key> {
         self.lru

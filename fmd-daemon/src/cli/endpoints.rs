@@ -64,9 +64,10 @@ pub fn write_endpoints(
                 "p90_ms",
                 "errors",
                 "last_requested",
+                "level",
             ];
             let right = [
-                false, false, false, true, true, true, true, true, true, false,
+                false, false, false, true, true, true, true, true, true, false, true,
             ];
             let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
             let cells: Vec<Vec<String>> = rows
@@ -88,6 +89,7 @@ pub fn write_endpoints(
                         dash(r.p90_ms.map(|v| format!("{v:.3}"))),
                         dash(r.error_rate.map(|v| format!("{:.1}%", v * 100.0))),
                         dash(r.last_requested.map(format_us)),
+                        r.monitor_level.to_string(),
                     ]
                 })
                 .collect();
@@ -170,15 +172,15 @@ mod tests {
             &rows(),
             Format::Table,
             "\
-endpoint         rule             methods           hits  today   7d  median_ms  p90_ms  errors  last_requested
-users.show       /users/<int:id>  GET,HEAD,OPTIONS  1234     56  789      1.500  12.250    2.5%  2026-11-23T15:56:41.123456Z
-never, \"quoted\"  /n               *                    0      0    0          -       -       -  -
+endpoint         rule             methods           hits  today   7d  median_ms  p90_ms  errors  last_requested               level
+users.show       /users/<int:id>  GET,HEAD,OPTIONS  1234     56  789      1.500  12.250    2.5%  2026-11-23T15:56:41.123456Z      1
+never, \"quoted\"  /n               *                    0      0    0          -       -       -  -                                1
 ",
         );
         check(
             &[],
             Format::Table,
-            "endpoint  rule  methods  hits  today  7d  median_ms  p90_ms  errors  last_requested\n",
+            "endpoint  rule  methods  hits  today  7d  median_ms  p90_ms  errors  last_requested  level\n",
         );
     }
 

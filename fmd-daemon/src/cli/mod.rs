@@ -3,12 +3,16 @@
 
 mod endpoints;
 mod exceptions;
+mod levels;
+mod outliers;
 mod profile;
 mod query;
 mod versions;
 
 pub use self::{
     endpoints::{describe_endpoints, write_endpoints},
+    levels::{run_level, LevelArgs},
+    outliers::{write_outliers, OutliersArgs},
     query::{
         run_query, write_requests, write_stats, Format, QueryArgs, QueryCommand, RequestsArgs,
         DEFAULT_DB,

@@ -58,6 +58,9 @@ pub enum QueryCommand {
     /// Exceptions the app logged while serving requests, grouped by type and place, per endpoint; most
     /// recently seen first. `--group G` shows one group's traceback with its source.
     Exceptions(super::exceptions::ExceptionsArgs),
+    /// Outliers (requests slower than their endpoint's threshold) and live snapshots of slow running
+    /// requests, with stack, CPU, memory, headers, request values and environment (`--format json`).
+    Outliers(super::outliers::OutliersArgs),
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -151,6 +154,10 @@ pub fn run_query(args: QueryArgs) -> anyhow::Result<()> {
         ),
         QueryCommand::Exceptions(exceptions) => finish(
             super::exceptions::run(&source, exceptions, args.format, &mut out, &mut watch),
+            &mut out,
+        ),
+        QueryCommand::Outliers(outliers) => finish(
+            super::outliers::run_outliers(&source, outliers, args.format, &mut out, &mut watch),
             &mut out,
         ),
     };

@@ -147,6 +147,25 @@ impl Attributor {
         self.release(|_| true, out);
     }
 
+    /// The endpoint a request still being served will get, without counting it: for its level and its
+    /// threshold while it runs. `None` while its worker's table is being read, or when it matches no rule.
+    pub fn endpoint_of(&mut self, req: &Request) -> Option<String> {
+        match self.tables.get(&req.worker_pid) {
+            Some(Table::Routes(matcher)) => {
+                matcher
+                    .route(&req.method, &req.path, req.host.as_deref())
+                    .attribution()
+                    .0
+            }
+            Some(Table::Reading) => None,
+            _ => Some(format!(
+                "{} {}",
+                req.method,
+                self.templater.template(&req.path)
+            )),
+        }
+    }
+
     pub fn mode(&self) -> Mode {
         let mut mode = Mode::Pending;
         for table in self.tables.values() {

@@ -117,6 +117,8 @@ pub struct CollectorCounters {
     pub samples_unknown_thread: u64,
     pub frames_unknown: u64,
     pub profiled_requests: u64,
+    /// Samples of threads serving an endpoint below level 2: dropped unsymbolised.
+    pub samples_skipped_level: u64,
 }
 
 pub struct Collector {
@@ -128,6 +130,8 @@ pub struct Collector {
     frame_ids: HashMap<Location, FrameId>,
     sources: Sources,
     attributor: Attributor,
+    /// Threads serving a request of an endpoint whose level needs no stacks (below 2).
+    quiet: HashSet<u32>,
     /// Interpreter binaries (real paths) tried for GC probes: attached or not.
     gc_binaries: HashMap<PathBuf, bool>,
     /// Keep the GC probes attached.
@@ -147,6 +151,7 @@ impl Collector {
             frame_ids: HashMap::new(),
             sources: Sources::default(),
             attributor: Attributor::new(clock_offset_ns),
+            quiet: HashSet::new(),
             gc_binaries: HashMap::new(),
             gc_links: Vec::new(),
             counters: CollectorCounters::default(),
@@ -281,6 +286,10 @@ impl Collector {
     /// A `SAMPLE` record.
     pub fn on_sample(&mut self, h: &EventHeader, payload: &[u8]) {
         self.counters.samples += 1;
+        if self.quiet.contains(&h.tid) {
+            self.counters.samples_skipped_level += 1;
+            return;
+        }
         let Some(proc) = self.procs.get_mut(&h.tgid) else {
             self.counters.samples_unknown_thread += 1;
             return;
@@ -345,6 +354,16 @@ impl Collector {
             self.attributor.switched_out(sample);
         } else {
             self.attributor.push(sample);
+        }
+    }
+
+    /// Whether the request `tid` now serves needs its stacks (its endpoint's level is 2 or more); samples
+    /// of a thread that does not are dropped before symbolisation.
+    pub fn set_stacks_wanted(&mut self, tid: u32, wanted: bool) {
+        if wanted {
+            self.quiet.remove(&tid);
+        } else {
+            self.quiet.insert(tid);
         }
     }
 
@@ -425,6 +444,10 @@ impl Collector {
             ),
             ("profile_frames_unknown", self.counters.frames_unknown),
             ("profile_requests", self.counters.profiled_requests),
+            (
+                "profile_samples_skipped_level",
+                self.counters.samples_skipped_level,
+            ),
             ("profile_samples_attributed", a.attributed),
             ("profile_samples_unattributed", a.unattributed),
             ("profile_off_cpu_lost", a.lost_off_cpu),

@@ -37,7 +37,7 @@ pub fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-/// Every endpoint gets this: fmd records every request. The profiler, when it lands, raises it to 3.
+/// The level shown for an endpoint no daemon has given a level yet (see `store::levels`).
 pub const MONITOR_LEVEL: u8 = 1;
 
 const DAY_US: Micros = 86_400_000_000;
@@ -72,7 +72,7 @@ pub struct EndpointRow {
     /// The latest request's start, serialised as RFC 3339 UTC with microseconds; `None` if never requested.
     #[serde(with = "serde_opt_us")]
     pub last_requested: Option<Micros>,
-    /// How closely fmd follows the endpoint: [`MONITOR_LEVEL`].
+    /// How closely fmd follows the endpoint (FMD's 0-3), as stored by `store::levels`.
     pub monitor_level: u8,
 }
 
@@ -331,7 +331,9 @@ pub fn endpoints(conn: &Connection, now: Micros) -> Result<Vec<EndpointRow>, Err
             },
         )
         .map_err(sql_err)?;
-    rows.collect::<Result<_, _>>().map_err(sql_err)
+    let mut rows: Vec<EndpointRow> = rows.collect::<Result<_, _>>().map_err(sql_err)?;
+    super::levels::apply(conn, &mut rows, MONITOR_LEVEL)?;
+    Ok(rows)
 }
 
 /// The (bucket, hits) pairs of the `buckets` and `counts` lists; anything else (never produced by the
@@ -1132,6 +1134,8 @@ mod tests {
                      DROP TABLE endpoint_hours; DROP TABLE endpoint_durations; DROP TABLE endpoint_totals; \
                      DROP TABLE endpoint_duration_totals; DROP TABLE rollup_state; \
                      DROP TABLE exception_occurrences; DROP TABLE exception_groups; \
+                     DROP TABLE outliers; DROP TABLE endpoint_levels; DROP TABLE endpoint_unrecorded; \
+                     DROP TABLE endpoint_averages; \
                      UPDATE schema_version SET version = 1",
                 )
                 .expect("downgrade");

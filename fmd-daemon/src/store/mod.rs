@@ -9,6 +9,8 @@
 mod daemon_file;
 mod endpoints;
 mod exceptions;
+pub mod levels;
+pub mod outliers;
 pub mod profiles;
 mod registry;
 mod requests;

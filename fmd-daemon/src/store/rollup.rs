@@ -470,6 +470,8 @@ mod tests {
                 "DROP TABLE endpoint_hours; DROP TABLE endpoint_durations; DROP TABLE endpoint_totals; \
                  DROP TABLE endpoint_duration_totals; DROP TABLE rollup_state; \
                  DROP TABLE exception_occurrences; DROP TABLE exception_groups; \
+                 DROP TABLE outliers; DROP TABLE endpoint_levels; DROP TABLE endpoint_unrecorded; \
+                 DROP TABLE endpoint_averages; \
                  UPDATE schema_version SET version = 3",
             )
             .expect("downgrade");

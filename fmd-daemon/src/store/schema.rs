@@ -83,6 +83,8 @@ const MIGRATIONS: &[&str] = &[
     super::versions::MIGRATION,
     // 6: exceptions logged while serving requests, grouped (store/exceptions.rs).
     super::exceptions::MIGRATION,
+    // 7: monitoring levels, level-0 counts, running averages and outliers (store/levels.rs).
+    super::levels::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -168,13 +170,17 @@ mod tests {
                 "attribution",
                 "counters",
                 "daemon_runs",
+                "endpoint_averages",
                 "endpoint_duration_totals",
                 "endpoint_durations",
                 "endpoint_hours",
+                "endpoint_levels",
                 "endpoint_totals",
+                "endpoint_unrecorded",
                 "endpoints",
                 "exception_groups",
                 "exception_occurrences",
+                "outliers",
                 "profile_frames",
                 "profile_samples",
                 "profile_stacks",
