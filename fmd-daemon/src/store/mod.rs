@@ -8,6 +8,7 @@
 
 mod daemon_file;
 mod endpoints;
+pub mod memory;
 pub mod profiles;
 mod requests;
 pub mod rollup;
@@ -114,6 +115,7 @@ impl Store {
             })?;
         }
         let conn = open_connection(path, AccessMode::ReadWrite)?;
+        memory::bound(&conn)?;
         let migrated_from = schema::version(&conn)?;
         schema::migrate(&conn)?;
         // Stores written before the rollups existed, or filled by other tools, are rolled up here once.

@@ -79,6 +79,8 @@ const MIGRATIONS: &[&str] = &[
     super::profiles::MIGRATION,
     // 4: per-endpoint rollups of the requests (store/rollup.rs).
     super::rollup::MIGRATION,
+    // 5: no ART index on requests (store/memory.rs).
+    super::memory::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
