@@ -11,6 +11,7 @@ mod endpoints;
 mod exceptions;
 pub mod levels;
 pub mod outliers;
+pub mod memory;
 pub mod profiles;
 mod registry;
 mod requests;
@@ -125,6 +126,7 @@ impl Store {
             })?;
         }
         let conn = open_connection(path, AccessMode::ReadWrite)?;
+        memory::bound(&conn)?;
         let migrated_from = schema::version(&conn)?;
         schema::migrate(&conn)?;
         // Stores written before the rollups existed, or filled by other tools, are rolled up here once.

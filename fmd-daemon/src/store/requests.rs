@@ -437,16 +437,26 @@ mod tests {
     #[test]
     fn failed_batch_stores_nothing() {
         let (_dir, store) = store_with(3);
-        // Id 3 already exists: the whole batch must be rolled back.
-        let batch: Vec<_> = (10..14).map(request).collect();
-        assert!(append_requests(store.connection(), 1, 2, &batch).is_err());
+        // A constraint only the batch's second row breaks (request 11 has a query, 10 has none): the whole
+        // batch must be rolled back.
+        let conn = store.connection();
+        conn.execute_batch(
+            "UPDATE requests SET query = coalesce(query, 'q'); \
+             ALTER TABLE requests ALTER COLUMN query SET NOT NULL",
+        )
+        .expect("constrain");
+        let batch: Vec<_> = (12..16).map(request).collect();
+        assert!(batch[0].query.is_some() && batch[1].query.is_none());
+        assert!(append_requests(conn, 1, 4, &batch).is_err());
         assert_eq!(
             requests(store.connection(), &RequestFilter::default())
                 .expect("read")
                 .len(),
             3
         );
-        append_requests(store.connection(), 1, 4, &batch).expect("retry with fresh ids");
+        conn.execute_batch("ALTER TABLE requests ALTER COLUMN query DROP NOT NULL")
+            .expect("unconstrain");
+        append_requests(conn, 1, 4, &batch).expect("retry");
         assert_eq!(
             requests(store.connection(), &RequestFilter::default())
                 .expect("read")

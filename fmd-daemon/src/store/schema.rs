@@ -85,6 +85,8 @@ const MIGRATIONS: &[&str] = &[
     super::exceptions::MIGRATION,
     // 7: monitoring levels, level-0 counts, running averages and outliers (store/levels.rs).
     super::levels::MIGRATION,
+    // 8: no ART index on requests (store/memory.rs).
+    super::memory::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.

@@ -25,6 +25,9 @@ pub struct Spec<'a> {
     /// gunicorn's `module:callable`.
     pub module: &'a str,
     pub workers: u32,
+    /// gunicorn's `--worker-class` (`sync`, `gthread`) and, for gthread, its `--threads`.
+    pub worker_class: &'a str,
+    pub threads: u32,
     pub env: Vec<(&'a str, String)>,
 }
 
@@ -47,7 +50,9 @@ pub fn start(venv: &Path, spec: &Spec<'_>, probe: &str, log: &Path) -> Result<Ap
         "--workers",
         &spec.workers.to_string(),
         "--worker-class",
-        "sync",
+        spec.worker_class,
+        "--threads",
+        &spec.threads.max(1).to_string(),
         "--bind",
         &addr,
     ])

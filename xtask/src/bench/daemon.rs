@@ -92,6 +92,19 @@ pub fn attach(
     sample_hz: Option<u32>,
     log: &Path,
 ) -> Result<Guard> {
+    attach_with(daemon, features, master, db, sample_hz, log, None)
+}
+
+/// [`attach`] with the daemon's `RUST_LOG` set to `log_filter`.
+pub fn attach_with(
+    daemon: &Path,
+    features: &Features,
+    master: u32,
+    db: &Path,
+    sample_hz: Option<u32>,
+    log: &Path,
+    log_filter: Option<&str>,
+) -> Result<Guard> {
     for stale in [
         db.to_path_buf(),
         marker(db),
@@ -109,6 +122,9 @@ pub fn attach(
     if features.level {
         cmd.args(["--level", if sample_hz.is_some() { "3" } else { "1" }]);
     }
+    if let Some(filter) = log_filter {
+        cmd.env("RUST_LOG", filter);
+    }
     if features.sample_hz {
         // The profiler is on by default (100 Hz); level 1 has to turn it off with 0.
         cmd.args(["--sample-hz", &sample_hz.unwrap_or(0).to_string()]);
@@ -121,7 +137,8 @@ pub fn attach(
         libc::SIGINT,
         Duration::from_secs(30),
     )?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Loading the BPF programs takes a few seconds, and much longer on a machine busy with builds.
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
     while !marker(db).exists() {
         if let Some(status) = guard.exited() {
             bail!(
@@ -131,7 +148,8 @@ pub fn attach(
         }
         if Instant::now() > deadline {
             bail!(
-                "fmd-daemon did not attach within 60 s (no {}): {}",
+                "fmd-daemon did not attach within {} s (no {}): {}",
+                ATTACH_TIMEOUT.as_secs(),
                 marker(db).display(),
                 tail(log)
             );
@@ -140,6 +158,8 @@ pub fn attach(
     }
     Ok(guard)
 }
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn marker(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();

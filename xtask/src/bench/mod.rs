@@ -11,6 +11,7 @@ mod process;
 mod queries;
 mod report;
 mod results;
+mod soak;
 mod wrk;
 
 use std::{
@@ -42,6 +43,15 @@ pub struct Args {
     /// --quick).
     #[arg(long)]
     output_dir: Option<PathBuf>,
+    /// Run only the soak: steady load with the profiler on for MINUTES, the daemon's RSS and CPU sampled every
+    /// 10 s. Its section, figures and plot are merged into the results found at the output (the other sections
+    /// stay as they are).
+    #[arg(long, value_name = "MINUTES", value_parser = clap::value_parser!(u64).range(1..=24 * 60))]
+    soak: Option<u64>,
+    /// With --soak: the CI variant. Results go to target/bench/ (unless --output-dir), and a daemon RSS beyond
+    /// 150 MB fails the run with DuckDB's memory breakdown; no timing is asserted.
+    #[arg(long, requires = "soak")]
+    ci: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,15 +77,14 @@ pub fn run(args: &Args) -> Result<()> {
     let work = paths::target().join("bench");
     let (markdown, json) = outputs(args, &work);
     if args.report_only {
-        let text =
-            fs::read_to_string(&json).with_context(|| format!("cannot read {}", json.display()))?;
-        let results: results::Results = serde_json::from_str(&text)
-            .with_context(|| format!("cannot parse {}", json.display()))?;
-        return write(&markdown, &report::render(&results));
+        return write(&markdown, &report::render(&read_results(&json)?));
     }
 
     let started = std::time::Instant::now();
     setup::debian(&["wrk", "python3.11", "python3.11-venv"])?;
+    if let Some(minutes) = args.soak {
+        return run_soak(args, minutes, &work, &markdown, &json);
+    }
     let interp = python::matrix()
         .into_iter()
         .next()
@@ -183,6 +192,8 @@ pub fn run(args: &Args) -> Result<()> {
         results.queries = queries::run(&env, &settings);
     }
 
+    // A soak is run on its own (--soak); a full run keeps the one already recorded.
+    results.soak = read_results(&json).ok().and_then(|r| r.soak);
     results.elapsed_s = started.elapsed().as_secs();
     write(&json, &(serde_json::to_string_pretty(&results)? + "\n"))?;
     write(&markdown, &report::render(&results))?;
@@ -190,9 +201,84 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+fn run_soak(args: &Args, minutes: u64, work: &Path, markdown: &Path, json: &Path) -> Result<()> {
+    let interp = python::matrix()
+        .into_iter()
+        .next()
+        .context("no Python interpreter for the benchmark app")?;
+    fs::create_dir_all(work)?;
+    let app_venv = python::venvs_dir().join("bench-app");
+    let requirements = work.join("bench-app.requirements.txt");
+    fs::write(&requirements, APP_REQUIREMENTS)?;
+    python::ensure_venv(&interp.python, &app_venv, &requirements)?;
+    let daemon = match &args.daemon {
+        Some(path) => path.clone(),
+        None => build::release()?,
+    };
+    let features = daemon::Features::probe(&daemon);
+    let env = soak::Env {
+        app_venv: &app_venv,
+        daemon: &daemon,
+        features: &features,
+        work,
+    };
+    // The load the report was made with: 2 gthread workers x 2 threads, 8 connections on the 0.3 ms
+    // endpoint (about 2,700 req/s on 2 cores), the profiler at its default 100 Hz.
+    let settings = soak::Settings {
+        minutes,
+        interval: secs(10),
+        workers: 2,
+        threads: 2,
+        connections: 8,
+        path: "/cpu-light",
+        sample_hz: 100,
+    };
+    eprintln!("bench: soak, {minutes} min");
+    let mut soak = soak::run(&env, &settings)?;
+    soak.note = args.ci.then(|| {
+        "CI soak (`--ci`): a short run on a shared CI machine; only the RSS limit is checked."
+            .to_owned()
+    });
+    // Merge into what is there, so a soak never erases the other sections' figures.
+    let mut results = read_results(json).unwrap_or_else(|_| results::Results {
+        command: command_line(),
+        date: utc_now(),
+        machine: machine::describe(&app_venv, &app_venv, &daemon),
+        ..results::Results::default()
+    });
+    results.soak = Some(soak);
+    let soak = results.soak.as_ref().expect("just set");
+    let plot = markdown.with_file_name(report::SOAK_PLOT);
+    write(&plot, &soak::svg(soak))?;
+    write(json, &(serde_json::to_string_pretty(&results)? + "\n"))?;
+    write(markdown, &report::render(&results))?;
+    eprintln!(
+        "bench: soak: peak RSS {} MB, RSS slope {} MB/min, mean CPU {}%; wrote {}, {} and {}",
+        soak.rss_peak_mb
+            .map_or_else(|| "?".into(), |v| format!("{v:.1}")),
+        soak.rss_slope_mb_per_min
+            .map_or_else(|| "?".into(), |v| format!("{v:+.2}")),
+        soak.cpu_mean_pct
+            .map_or_else(|| "?".into(), |v| format!("{v:.1}")),
+        markdown.display(),
+        json.display(),
+        plot.display()
+    );
+    if args.ci {
+        soak::check(soak)?;
+    }
+    Ok(())
+}
+
+fn read_results(json: &Path) -> Result<results::Results> {
+    let text =
+        fs::read_to_string(json).with_context(|| format!("cannot read {}", json.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("cannot parse {}", json.display()))
+}
+
 /// (BENCHMARKS.md, results.json)
 fn outputs(args: &Args, work: &Path) -> (PathBuf, PathBuf) {
-    match (&args.output_dir, args.quick) {
+    match (&args.output_dir, args.quick || args.ci) {
         (Some(dir), _) => (dir.join("BENCHMARKS.md"), dir.join("results.json")),
         (None, true) => (work.join("BENCHMARKS.md"), work.join("results.json")),
         (None, false) => (

@@ -236,6 +236,8 @@ fn run_once(env: &Env<'_>, settings: &Settings, spec: &Spec, rep: u32) -> Result
     let mut app_spec = app::Spec {
         module: "bench_app:app",
         workers: 1,
+        worker_class: "sync",
+        threads: 1,
         env: vec![],
     };
     if let Monitor::Dashboard { level } = spec.monitor {

@@ -149,13 +149,23 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// The peak resident set size of `pid` (VmHWM), in MiB.
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    parse_vm_hwm_kib(&status).map(|kib| kib as f64 / 1024.0)
+    status_kib(pid, "VmHWM:").map(|kib| kib as f64 / 1024.0)
 }
 
-fn parse_vm_hwm_kib(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.trim_start_matches("VmHWM:")
+/// The resident set size of `pid` now (VmRSS), in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib as f64 / 1024.0)
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_status_kib(&status, field)
+}
+
+/// A `Field:   1234 kB` line of /proc/PID/status, in KiB.
+fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -189,13 +199,11 @@ mod tests {
     }
 
     #[test]
-    fn peak_rss_comes_from_vm_hwm() {
-        check(
-            parse_vm_hwm_kib,
-            "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 100 kB\n",
-            Some(20480),
-        );
-        check(parse_vm_hwm_kib, "Name:\tkthread\n", None);
+    fn rss_fields_of_proc_status() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_status_kib(status, "VmHWM:"), Some(20480));
+        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(100));
+        assert_eq!(parse_status_kib("Name:\tkthread\n", "VmHWM:"), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub fn render(r: &Results) -> String {
     overhead(&mut md, r);
     capacity(&mut md, r);
     queries(&mut md, r);
+    soak(&mut md, r);
     md
 }
 
@@ -537,6 +538,78 @@ fn timing(t: &super::results::Timing) -> String {
 
 fn ratio(v: Option<f64>) -> String {
     v.map_or_else(String::new, |v| format!("{v:.3}x"))
+}
+
+/// The file the soak's plot is written to, beside BENCHMARKS.md.
+pub const SOAK_PLOT: &str = "BENCHMARKS-soak.svg";
+
+fn soak(md: &mut String, r: &Results) {
+    let Some(s) = &r.soak else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "## 4. Soak: the daemon's memory and CPU over a long run
+"
+    );
+    if let Some(note) = &s.note {
+        let _ = writeln!(
+            md,
+            "{note}
+"
+        );
+    }
+    let _ = writeln!(
+        md,
+        "`cargo xtask bench --soak {}`: {}, for {} min; the daemon's RSS and CPU sampled every {} s. Slopes are least \
+         squares over the samples after the first {:.0} s (start-up: interpreters read, DuckDB's first row groups and \
+         caches). MB are 10^6 bytes. The machine is shared with other developers' builds, so CPU figures are noisy; \
+         the RSS is what this section is for.\n",
+        s.duration_s / 60,
+        s.app,
+        s.duration_s / 60,
+        s.interval_s,
+        s.warmup_s
+    );
+    let _ = writeln!(
+        md,
+        "![RSS and CPU of the daemon over the soak]({SOAK_PLOT})\n"
+    );
+    let _ = writeln!(md, "| Figure | Value |\n| --- | ---: |");
+    let rows = [
+        ("Requests/s (wrk)", format!("{:.0}", s.rps)),
+        (
+            "Responses (wrk) / stored / events lost",
+            format!(
+                "{} / {} / {}",
+                thousands(s.wrk_requests),
+                thousands(s.requests_stored),
+                s.events_lost
+            ),
+        ),
+        ("Peak RSS (MB)", opt(s.rss_peak_mb, 1)),
+        ("Last RSS (MB)", opt(s.rss_last_mb, 1)),
+        (
+            "RSS slope after warm-up (MB/min)",
+            opt(s.rss_slope_mb_per_min, 2),
+        ),
+        ("Mean CPU (% of one core)", opt(s.cpu_mean_pct, 1)),
+        (
+            "CPU slope after warm-up (points/min)",
+            opt(s.cpu_slope_pct_per_min, 2),
+        ),
+    ];
+    for (what, value) in rows {
+        let _ = writeln!(md, "| {what} | {value} |");
+    }
+    let verdict = match s.rss_peak_mb {
+        Some(v) => threshold(v, 150.0, Direction::AtMost, |d| format!("{d:.1} MB")),
+        None => not_measured("no RSS sample"),
+    };
+    let _ = writeln!(md, "\nDaemon RSS under 150 MB over the soak: {verdict}.\n");
+    if let Some(m) = &s.duckdb_memory {
+        let _ = writeln!(md, "DuckDB's own accounting at the end (`duckdb_memory()`, as the daemon logs it): `{m}`\n");
+    }
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {

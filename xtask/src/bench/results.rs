@@ -22,6 +22,9 @@ pub struct Results {
     pub overhead: Overhead,
     pub capacity: Capacity,
     pub queries: Queries,
+    /// `--soak MINUTES`, run on its own and merged into the results it finds (the other sections stay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -169,6 +172,44 @@ pub struct Timing {
     pub p50_ms: Option<f64>,
     pub runs: u32,
     pub note: Option<String>,
+}
+
+/// The daemon left running under steady load (`--soak MINUTES`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Soak {
+    pub note: Option<String>,
+    /// The load, the app and the daemon's level, for the report.
+    pub app: String,
+    pub duration_s: u64,
+    pub interval_s: u64,
+    /// The start the slopes leave out.
+    pub warmup_s: f64,
+    pub rps: f64,
+    pub wrk_requests: u64,
+    pub requests_stored: u64,
+    pub events_lost: i64,
+    /// MB are 10^6 bytes here, as in the target.
+    pub rss_peak_mb: Option<f64>,
+    pub rss_last_mb: Option<f64>,
+    /// Least-squares slope of the samples after the warm-up.
+    pub rss_slope_mb_per_min: Option<f64>,
+    /// Percent of one core, over the whole run.
+    pub cpu_mean_pct: Option<f64>,
+    pub cpu_slope_pct_per_min: Option<f64>,
+    /// The daemon's last DuckDB memory breakdown (`duckdb_memory()`), as it logged it.
+    pub duckdb_memory: Option<String>,
+    pub samples: Vec<SoakSample>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SoakSample {
+    /// Seconds since the load started.
+    pub t_s: f64,
+    pub rss_mb: f64,
+    /// The daemon's CPU over the interval before the sample, in percent of one core.
+    pub cpu_pct: Option<f64>,
 }
 
 /// The median of `values` (the mean of the middle two for an even count); `None` when empty.
