@@ -16,11 +16,11 @@ use aya_ebpf::{
 };
 use fmd_common::{
     http::{kind, Conn, ConnKey, EventHeader, EVENT_HEADER_SIZE, MAX_DATA, MAX_SOCKADDR},
-    stats, ROLE_WORKER,
+    stats,
 };
 
 use crate::{
-    maps::{count, role, FMD_CONNS, FMD_EVENTS, FMD_SCRATCH, FMD_SERVING},
+    maps::{count, is_worker, FMD_CONNS, FMD_EVENTS, FMD_SCRATCH, FMD_SERVING},
     sampler::wall_clock,
 };
 
@@ -119,16 +119,11 @@ fn conn(tgid: u32, fd: i32) -> Option<Conn> {
     unsafe { FMD_CONNS.get(&ConnKey { tgid, fd }).copied() }
 }
 
-#[inline(always)]
-fn is_worker(id: u64) -> bool {
-    role((id >> 32) as u32) == Some(ROLE_WORKER)
-}
-
 /// Entry of a read or write: remember the buffer if `fd` is a socket the worker accepted.
 #[inline(always)]
 fn enter_data(ctx: &TracePointContext, how: u32) {
     let id = bpf_get_current_pid_tgid();
-    if !is_worker(id) {
+    if !is_worker((id >> 32) as u32) {
         return;
     }
     let fd = arg(ctx, ARG0) as i32;
@@ -141,7 +136,9 @@ fn enter_data(ctx: &TracePointContext, how: u32) {
         buf: arg(ctx, ARG1),
         extra: 0,
     };
-    let _ = FMD_PENDING.insert(&id, &pending, 0);
+    if FMD_PENDING.insert(&id, &pending, 0).is_err() {
+        count(stats::PENDING_TABLE_FULL);
+    }
 }
 
 /// Exit of a read or write: send what it moved, with up to [`MAX_DATA`] of its bytes.
@@ -161,8 +158,9 @@ fn exit_data(ctx: &TracePointContext, event_kind: u32) {
     let Some(conn) = conn((id >> 32) as u32, pending.fd) else {
         return;
     };
-    if event_kind == kind::READ && wall_clock() {
-        let _ = FMD_SERVING.insert(&(id as u32), &1, 0);
+    if event_kind == kind::READ && wall_clock() && FMD_SERVING.insert(&(id as u32), &1, 0).is_err()
+    {
+        count(stats::SERVING_TABLE_FULL);
     }
     send_data(event_kind, id, &pending, conn.conn_ts, ret as u64);
 }
@@ -236,7 +234,7 @@ fn send_data(event_kind: u32, id: u64, pending: &Pending, conn_ts: u64, total: u
 #[inline(always)]
 fn enter_accept(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
-    if !is_worker(id) {
+    if !is_worker((id >> 32) as u32) {
         return;
     }
     // Back to waiting for a connection: not serving a request any more.
@@ -247,7 +245,9 @@ fn enter_accept(ctx: &TracePointContext) {
         buf: arg(ctx, ARG1),
         extra: arg(ctx, ARG2),
     };
-    let _ = FMD_PENDING.insert(&id, &pending, 0);
+    if FMD_PENDING.insert(&id, &pending, 0).is_err() {
+        count(stats::PENDING_TABLE_FULL);
+    }
 }
 
 #[inline(always)]
@@ -307,7 +307,7 @@ fn exit_accept(ctx: &TracePointContext) {
 #[inline(always)]
 fn enter_end(ctx: &TracePointContext, event_kind: u32) {
     let id = bpf_get_current_pid_tgid();
-    if !is_worker(id) {
+    if !is_worker((id >> 32) as u32) {
         return;
     }
     let fd = arg(ctx, ARG0) as i32;

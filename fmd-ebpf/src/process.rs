@@ -4,11 +4,11 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use fmd_common::{http::kind, ROLE_MASTER, ROLE_WORKER};
+use fmd_common::{http::kind, stats, ROLE_MASTER, ROLE_WORKER};
 
 use crate::{
     http::{header, send_header},
-    maps::{config, role, FMD_PIDS, FMD_SERVING},
+    maps::{config, count, role, FMD_PIDS, FMD_SERVING},
 };
 
 /// `sched_process_fork` runs in the parent. Thread creation fires it too; the daemon drops children that
@@ -16,7 +16,7 @@ use crate::{
 #[tracepoint]
 pub fn fmd_process_fork(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    if role((id >> 32) as u32) != Some(ROLE_MASTER) {
+    if role((id >> 32) as u32) & ROLE_MASTER == 0 {
         return 0;
     }
     let offset = config().fork_child_pid_offset as usize;
@@ -28,7 +28,9 @@ pub fn fmd_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let child = child as u32;
-    let _ = FMD_PIDS.insert(&child, &ROLE_WORKER, 0);
+    if FMD_PIDS.insert(&child, &ROLE_WORKER, 0).is_err() {
+        count(stats::PIDS_TABLE_FULL);
+    }
     send_header(&header(kind::FORK, id, -1, 0, u64::from(child), 0));
     0
 }
@@ -38,7 +40,7 @@ pub fn fmd_process_fork(ctx: TracePointContext) -> u32 {
 pub fn fmd_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if role(tgid).is_none() {
+    if role(tgid) == 0 {
         return 0;
     }
     // Any thread of a worker: its tid may be reused by an unrelated thread.

@@ -76,6 +76,10 @@ pub struct BpfCounters {
     pub conn_table_full: u64,
     pub events_sent: u64,
     pub data_truncated: u64,
+    /// New workers that did not fit in the pid table (not captured at all).
+    pub pids_table_full: u64,
+    /// Syscalls on accepted sockets whose arguments did not fit in the pending table (bytes missing).
+    pub pending_table_full: u64,
 }
 
 /// The loaded programs and maps; dropping it detaches everything.
@@ -123,7 +127,7 @@ impl Capture {
         Ok(Self { ebpf })
     }
 
-    /// Puts `pid` under watch with `role` ([`fmd_common::ROLE_MASTER`] or [`fmd_common::ROLE_WORKER`]).
+    /// Puts `pid` under watch with `role` (bits [`fmd_common::ROLE_MASTER`], [`fmd_common::ROLE_WORKER`]).
     pub fn watch(&mut self, pid: u32, role: u32) -> Result<(), Error> {
         self.pids()?
             .insert(pid, role, 0)
@@ -215,6 +219,8 @@ impl Capture {
             conn_table_full: at(stats::CONN_TABLE_FULL),
             events_sent: at(stats::EVENTS_SENT),
             data_truncated: at(stats::DATA_TRUNCATED),
+            pids_table_full: at(stats::PIDS_TABLE_FULL),
+            pending_table_full: at(stats::PENDING_TABLE_FULL),
         })
     }
 

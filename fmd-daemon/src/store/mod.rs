@@ -8,6 +8,7 @@
 
 mod daemon_file;
 mod endpoints;
+pub mod file_modes;
 pub mod profiles;
 mod requests;
 pub mod rollup;
@@ -108,7 +109,7 @@ impl Store {
     /// and rolls up the requests not rolled up yet ([`rollup::catch_up`]).
     pub fn open(path: &Path) -> Result<Self, Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            file_modes::create_private_dir(dir).map_err(|source| Error::CreateDir {
                 path: dir.to_owned(),
                 source,
             })?;
