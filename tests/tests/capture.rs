@@ -695,7 +695,12 @@ fn single_process_server_is_captured() {
     );
     let addr = format!("127.0.0.1:{port}");
     tests::fixtures::wait_for_port(&addr, Duration::from_secs(30));
-    let mut daemon = Daemon::start(server.0.id(), &dir.0);
+    // Requests only: this test is about which process is captured, not about profiles.
+    let mut daemon = Daemon::start_with(
+        server.0.id(),
+        &dir.0.join("fmd.duckdb"),
+        &["--sample-hz", "0"],
+    );
     const N: usize = 20;
     for i in 0..N {
         let answer = Conn::tcp(&addr)
