@@ -296,11 +296,12 @@ impl Daemon {
         };
         // The daemon writes `<db>.daemon` once its programs are attached and its API listens.
         let marker = daemon.marker();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Loading the sampler is the kernel verifier's longest job: over a minute on a busy 2-core machine.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while !marker.exists() {
             assert!(
                 Instant::now() < deadline,
-                "fmd-daemon did not attach within 60 s"
+                "fmd-daemon did not attach within 180 s"
             );
             thread::sleep(Duration::from_millis(50));
         }
