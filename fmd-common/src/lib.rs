@@ -12,7 +12,7 @@ mod user;
 pub mod names {
     /// Ring buffer carrying [`crate::http::EventHeader`]-prefixed records to the daemon.
     pub const EVENTS: &str = "FMD_EVENTS";
-    /// `tgid -> role` of the processes under watch ([`crate::ROLE_MASTER`], [`crate::ROLE_WORKER`]).
+    /// `tgid -> role bits` of the processes under watch ([`crate::ROLE_MASTER`], [`crate::ROLE_WORKER`]).
     pub const PIDS: &str = "FMD_PIDS";
     /// Per-CPU counters indexed by [`crate::stats`].
     pub const STATS: &str = "FMD_STATS";
@@ -69,9 +69,12 @@ pub mod names {
     ];
 }
 
-/// The process was named with `--pid` as a gunicorn master: its forked children become workers.
+/// Role bit: the process's forks are followed (each child is watched with [`ROLE_WORKER`] from inside the
+/// fork). Set on the `--pid` target unless it is itself a fork of the same program.
 pub const ROLE_MASTER: u32 = 1;
-/// The process serves requests: its accepted sockets are captured.
+/// Role bit: the process serves requests: its accepted sockets are captured and its stacks sampled. A
+/// target that is not known to be a pure master (a gunicorn arbiter) has both bits: a single-process server
+/// forks nothing, and a master that has not forked yet is followed all the same.
 pub const ROLE_WORKER: u32 = 2;
 
 /// Indexes into the per-CPU [`names::STATS`] array.
@@ -90,9 +93,20 @@ pub mod stats {
     pub const SAMPLE_DROPS: u32 = 5;
     /// Samples cut at [`crate::profile::MAX_FRAMES`] frames.
     pub const SAMPLES_TRUNCATED: u32 = 6;
+    /// A watched master's forks that did not fit in `FMD_PIDS`: that worker is not captured at all.
+    pub const PIDS_TABLE_FULL: u32 = 7;
+    /// Syscalls on accepted sockets (accept, read, write) whose arguments did not fit in the pending table:
+    /// their bytes are missing, so their request is desynchronised or lost.
+    pub const PENDING_TABLE_FULL: u32 = 8;
+    /// Threads that started serving a request but did not fit in `FMD_SERVING`: no off-CPU stacks for them.
+    pub const SERVING_TABLE_FULL: u32 = 9;
+    /// Off-CPU stacks whose switch-out time did not fit in the off-CPU table: their wait is not weighed.
+    pub const OFFCPU_TABLE_FULL: u32 = 10;
+    /// GC starts that did not fit in the GC table: that collection's time is not recorded.
+    pub const GC_TABLE_FULL: u32 = 11;
     /// Log writes longer than `MAX_LOG_CHUNKS * MAX_DATA`: their tail was not copied.
-    pub const LOG_TRUNCATED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    pub const LOG_TRUNCATED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Settings the daemon writes into the [`names::CONFIG`] array before attaching anything.

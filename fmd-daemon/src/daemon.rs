@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use fmd_common::{
     http::{kind, EventHeader},
-    ROLE_MASTER, ROLE_WORKER,
+    ROLE_WORKER,
 };
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -59,16 +59,16 @@ const ROUTE_READ_GRACE: Duration = Duration::from_secs(3);
 
 pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let target = procs::resolve(pid)?;
-    info!(?target, "monitoring");
+    info!(pid, ?target, "monitoring: {}", target.describe());
+    // Before anything is created: the store, its WAL and `<db>.daemon` are private (0600, dir 0700).
+    let umask = store::file_modes::private_umask();
+    debug!(previous = format!("{umask:03o}"), "umask 077");
+    store::file_modes::warn_if_exposed(&config.db);
     let store = Store::open(&config.db)?;
     let (monitor, levels, outlier_writer) = start_monitor(&config, &store)?;
     let api_state = api::AppState::new(store.reader()?).with_levels(levels);
     let mut capture = info_span!("attach").in_scope(Capture::load)?;
-    watch_target(&mut capture, &target)?;
-    let workers = match &target {
-        Target::Master { workers, .. } => workers.clone(),
-        Target::Worker { pid } => vec![*pid],
-    };
+    let workers = watch_target(&mut capture, &target)?;
     for &worker in &workers {
         watch_log_fds(&mut capture, worker);
         let fds = procs::accepted_sockets(worker);
@@ -84,7 +84,7 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its map fd and keeps it open until the AsyncFd drops it.
     let clock_offset = clock_offset_ns();
     let (profiling, profile_writer) =
-        match start_profiling(&config, &mut capture, &target, &store, clock_offset) {
+        match start_profiling(&config, &mut capture, &workers, &store, clock_offset) {
             Some((p, thread)) => (Some(p), Some(thread)),
             None => (None, None),
         };
@@ -115,9 +115,13 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
             let shutdown = async {
                 let _ = api_stopped.await;
             };
-            axum::serve(listener, api::router(api_state))
-                .with_graceful_shutdown(shutdown)
-                .await
+            api::server::serve(
+                listener,
+                api::router(api_state),
+                api::server::Limits::default(),
+                shutdown,
+            )
+            .await;
         }
         .instrument(info_span!("api")),
     );
@@ -177,6 +181,7 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         monitor,
         snapshots: Snapshotter::default(),
         serving: std::collections::HashMap::new(),
+        table_full_seen: (0, 0, 0),
     };
     let mut routes_rx = routes_rx;
     let result = pipeline.run(ring, &mut routes_rx).await;
@@ -254,17 +259,31 @@ fn start_monitor(
     Ok((monitor, levels, thread))
 }
 
-fn watch_target(capture: &mut Capture, target: &Target) -> Result<(), capture::Error> {
-    match target {
-        Target::Master { pid, workers } => {
-            capture.watch(*pid, ROLE_MASTER)?;
-            for &w in workers {
-                capture.watch(w, ROLE_WORKER)?;
-            }
-        }
-        Target::Worker { pid } => capture.watch(*pid, ROLE_WORKER)?,
+/// Writes the target's role, then (for a target whose forks are followed) the forks it already has: from
+/// then on BPF adds each new fork inside the fork itself, so a worker started while fmd was loading is in
+/// the listing and one started later is caught by BPF; none falls between. Returns the processes that
+/// serve requests.
+fn watch_target(capture: &mut Capture, target: &Target) -> Result<Vec<u32>, capture::Error> {
+    let pid = target.pid();
+    capture.watch(pid, target.role())?;
+    let mut serving = Vec::new();
+    if target.serves() {
+        serving.push(pid);
     }
-    Ok(())
+    if target.follows_forks() {
+        let workers = procs::forked_children(pid);
+        for &w in &workers {
+            capture.watch(w, ROLE_WORKER)?;
+        }
+        info!(
+            pid,
+            workers = ?workers,
+            "following its forks: {} already running",
+            workers.len()
+        );
+        serving.extend(workers);
+    }
+    Ok(serving)
 }
 
 /// Attaches the stack sampler and reads each worker's interpreter. A failure costs the profiles only:
@@ -272,7 +291,7 @@ fn watch_target(capture: &mut Capture, target: &Target) -> Result<(), capture::E
 fn start_profiling(
     config: &Config,
     capture: &mut Capture,
-    target: &Target,
+    workers: &[u32],
     store: &Store,
     clock_offset: i64,
 ) -> Option<(Profiling, std::thread::JoinHandle<()>)> {
@@ -296,11 +315,7 @@ fn start_profiling(
         return None;
     }
     let mut collector = Collector::new(p.sample_hz, p.mode, clock_offset);
-    let workers = match target {
-        Target::Master { workers, .. } => workers.clone(),
-        Target::Worker { pid } => vec![*pid],
-    };
-    for pid in workers {
+    for &pid in workers {
         if let Err(e) = collector.add_worker(capture, pid) {
             warn!(pid, error = %e, "cannot profile this worker");
         }
@@ -368,6 +383,8 @@ struct Pipeline {
     snapshots: Snapshotter,
     /// tid -> start of the request it serves (monotonic ns), as last seen by [`Pipeline::note_serving`].
     serving: std::collections::HashMap<u32, u64>,
+    /// The BPF table-full counters (connections, pids, pending syscalls) already warned about.
+    table_full_seen: (u64, u64, u64),
 }
 
 impl Pipeline {
@@ -605,8 +622,10 @@ impl Pipeline {
 
     /// BPF already watches the child (so its first request is caught); drop it again if it is a thread.
     fn on_fork(&mut self, child: u32) {
-        match procs::inspect(child) {
-            Ok(info) if info.tgid == child => {
+        // Only the thread-group id is read: a single-process server starting a thread per request makes
+        // this a per-request cost.
+        match procs::tgid(child) {
+            Some(tgid) if tgid == child => {
                 info!(pid = child, "new worker");
                 // What it inherited from the master (gunicorn's error log file, a preloaded app's logs).
                 watch_log_fds(&mut self.capture, child);
@@ -616,12 +635,12 @@ impl Pipeline {
                     }
                 }
             }
-            Ok(_) => {
-                debug!(tid = child, "the master started a thread, not a worker");
+            Some(_) => {
+                debug!(tid = child, "the target started a thread, not a worker");
                 let _ = self.capture.unwatch(child);
             }
             // Already gone: its exit record will clean up.
-            Err(_) => {}
+            None => {}
         }
     }
 
@@ -749,6 +768,29 @@ impl Pipeline {
         }
     }
 
+    /// Warns once per increase of a BPF table-full counter whose loss is requests, not profile detail.
+    fn warn_table_full(&mut self, c: capture::BpfCounters) {
+        let seen = (c.conn_table_full, c.pids_table_full, c.pending_table_full);
+        if seen != self.table_full_seen {
+            if c.pids_table_full > self.table_full_seen.1 {
+                warn!(
+                    workers = c.pids_table_full,
+                    "new workers not captured: BPF's pid table is full"
+                );
+            }
+            if c.conn_table_full > self.table_full_seen.0
+                || c.pending_table_full > self.table_full_seen.2
+            {
+                warn!(
+                    connections = c.conn_table_full,
+                    syscalls = c.pending_table_full,
+                    "requests lost: BPF's connection or pending-syscall table is full"
+                );
+            }
+            self.table_full_seen = seen;
+        }
+    }
+
     async fn store_counters(&mut self) {
         self.store_attribution().await;
         let a = self.assembler.counters();
@@ -777,12 +819,15 @@ impl Pipeline {
                 values.push((names::EVENTS_LOST, c.ringbuf_drops));
                 values.push((names::CONN_TABLE_FULL, c.conn_table_full));
                 values.push(("exception_log_writes_truncated", c.log_truncated));
+                values.push((names::PIDS_TABLE_FULL, c.pids_table_full));
+                values.push((names::PENDING_TABLE_FULL, c.pending_table_full));
                 if c.ringbuf_drops > 0 {
                     warn!(
                         lost = c.ringbuf_drops,
                         "ring-buffer records lost (the daemon fell behind)"
                     );
                 }
+                self.warn_table_full(c);
             }
             Err(e) => warn!(error = %e, "cannot read the BPF counters"),
         }
@@ -794,6 +839,9 @@ impl Pipeline {
                     ("profile_samples_sent", c.samples_sent),
                     ("profile_samples_lost", c.sample_drops),
                     ("profile_samples_truncated", c.samples_truncated),
+                    (names::SERVING_TABLE_FULL, c.serving_table_full),
+                    (names::OFFCPU_TABLE_FULL, c.offcpu_table_full),
+                    (names::GC_TABLE_FULL, c.gc_table_full),
                 ]),
                 Err(e) => warn!(error = %e, "cannot read the sampler counters"),
             }

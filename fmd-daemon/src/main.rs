@@ -159,6 +159,9 @@ fn migrate(db: &Path) -> anyhow::Result<()> {
         anyhow::bail!("no fmd database at {}: nothing to migrate", db.display());
     }
     let started = Instant::now();
+    // The WAL DuckDB may create here is as private as the store.
+    fmd_daemon::store::file_modes::private_umask();
+    fmd_daemon::store::file_modes::warn_if_exposed(db);
     let store = Store::open(db)?;
     let took = started.elapsed();
     let caught_up = store.caught_up();

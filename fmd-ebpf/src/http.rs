@@ -22,10 +22,12 @@ use fmd_common::{
         kind, log_fd, Conn, ConnKey, EventHeader, EVENT_HEADER_SIZE, MAX_DATA, MAX_LOG_CHUNKS,
         MAX_SOCKADDR,
     },
-    stats, ROLE_WORKER,
+    stats,
 };
 
-use crate::maps::{count, role, FMD_CONNS, FMD_EVENTS, FMD_LOG_FDS, FMD_SCRATCH, FMD_SERVING};
+use crate::maps::{
+    count, is_worker, FMD_CONNS, FMD_EVENTS, FMD_LOG_FDS, FMD_SCRATCH, FMD_SERVING,
+};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;
@@ -130,17 +132,12 @@ fn conn(tgid: u32, fd: i32) -> Option<Conn> {
     unsafe { FMD_CONNS.get(&ConnKey { tgid, fd }).copied() }
 }
 
-#[inline(always)]
-fn is_worker(id: u64) -> bool {
-    role((id >> 32) as u32) == Some(ROLE_WORKER)
-}
-
 /// Entry of a read or write: remember the buffer if `fd` is a socket the worker accepted, or (a write)
 /// a log descriptor of a thread serving a request.
 #[inline(always)]
 fn enter_data(ctx: &TracePointContext, how: u32, write: bool) {
     let id = bpf_get_current_pid_tgid();
-    if !is_worker(id) {
+    if !is_worker((id >> 32) as u32) {
         return;
     }
     let fd = arg(ctx, ARG0) as i32;
@@ -164,7 +161,9 @@ fn enter_data(ctx: &TracePointContext, how: u32, write: bool) {
         buf: arg(ctx, ARG1),
         extra,
     };
-    let _ = FMD_PENDING.insert(&id, &pending, 0);
+    if FMD_PENDING.insert(&id, &pending, 0).is_err() {
+        count(stats::PENDING_TABLE_FULL);
+    }
 }
 
 /// Exit of a read or write: send what it moved, with up to [`MAX_DATA`] of its bytes.
@@ -188,10 +187,14 @@ fn exit_data(ctx: &TracePointContext, event_kind: u32) {
     let Some(conn) = conn((id >> 32) as u32, pending.fd) else {
         return;
     };
-    // Serving from the first request byte read: the sampler's off-CPU walks and the log copies use it.
+    // Serving from the first request byte read: the sampler's off-CPU walks and the log copies use it (so
+    // it is kept in every mode, not only wall-clock).
     // SAFETY: only the key's presence is read.
-    if event_kind == kind::READ && unsafe { FMD_SERVING.get(&(id as u32)) }.is_none() {
-        let _ = FMD_SERVING.insert(&(id as u32), &1, 0);
+    if event_kind == kind::READ
+        && unsafe { FMD_SERVING.get(&(id as u32)) }.is_none()
+        && FMD_SERVING.insert(&(id as u32), &1, 0).is_err()
+    {
+        count(stats::SERVING_TABLE_FULL);
     }
     send_data(event_kind, id, &pending, conn.conn_ts, ret as u64);
 }
@@ -255,7 +258,7 @@ fn enter_openat(ctx: &TracePointContext) {
         return;
     }
     let id = bpf_get_current_pid_tgid();
-    if !is_worker(id) {
+    if !is_worker((id >> 32) as u32) {
         return;
     }
     let pending = Pending {
@@ -355,7 +358,7 @@ fn send_data(event_kind: u32, id: u64, pending: &Pending, conn_ts: u64, total: u
 #[inline(always)]
 fn enter_accept(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
-    if !is_worker(id) {
+    if !is_worker((id >> 32) as u32) {
         return;
     }
     // Back to waiting for a connection: not serving a request any more.
@@ -366,7 +369,9 @@ fn enter_accept(ctx: &TracePointContext) {
         buf: arg(ctx, ARG1),
         extra: arg(ctx, ARG2),
     };
-    let _ = FMD_PENDING.insert(&id, &pending, 0);
+    if FMD_PENDING.insert(&id, &pending, 0).is_err() {
+        count(stats::PENDING_TABLE_FULL);
+    }
 }
 
 #[inline(always)]
@@ -426,7 +431,7 @@ fn exit_accept(ctx: &TracePointContext) {
 #[inline(always)]
 fn enter_end(ctx: &TracePointContext, event_kind: u32) {
     let id = bpf_get_current_pid_tgid();
-    if !is_worker(id) {
+    if !is_worker((id >> 32) as u32) {
         return;
     }
     let fd = arg(ctx, ARG0) as i32;

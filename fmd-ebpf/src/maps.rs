@@ -15,7 +15,8 @@ use fmd_common::{
 #[map]
 pub static FMD_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// `tgid -> role`, written by the daemon (and by `fmd_process_fork` for a master's new workers).
+/// `tgid -> role bits` (`ROLE_MASTER | ROLE_WORKER`), written by the daemon (and by `fmd_process_fork` for
+/// a master's new workers).
 #[map]
 pub static FMD_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
@@ -58,10 +59,17 @@ pub fn count(stat: u32) {
     }
 }
 
+/// The role bits of `tgid`; 0 when it is not watched.
 #[inline(always)]
-pub fn role(tgid: u32) -> Option<u32> {
+pub fn role(tgid: u32) -> u32 {
     // SAFETY: the value is a plain u32 copied out at once.
-    unsafe { FMD_PIDS.get(&tgid).copied() }
+    unsafe { FMD_PIDS.get(&tgid).copied() }.unwrap_or(0)
+}
+
+/// Whether `tgid` serves requests that are captured ([`fmd_common::ROLE_WORKER`]).
+#[inline(always)]
+pub fn is_worker(tgid: u32) -> bool {
+    role(tgid) & fmd_common::ROLE_WORKER != 0
 }
 
 #[inline(always)]

@@ -6,12 +6,12 @@ use aya_ebpf::{
 };
 use fmd_common::{
     http::{kind, log_fd, ConnKey},
-    ROLE_MASTER, ROLE_WORKER,
+    stats, ROLE_MASTER, ROLE_WORKER,
 };
 
 use crate::{
     http::{header, send_header},
-    maps::{config, role, FMD_LOG_FDS, FMD_PIDS, FMD_SERVING},
+    maps::{config, count, role, FMD_LOG_FDS, FMD_PIDS, FMD_SERVING},
 };
 
 /// `sched_process_fork` runs in the parent. Thread creation fires it too; the daemon drops children that
@@ -19,7 +19,7 @@ use crate::{
 #[tracepoint]
 pub fn fmd_process_fork(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    if role((id >> 32) as u32) != Some(ROLE_MASTER) {
+    if role((id >> 32) as u32) & ROLE_MASTER == 0 {
         return 0;
     }
     let offset = config().fork_child_pid_offset as usize;
@@ -31,7 +31,9 @@ pub fn fmd_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let child = child as u32;
-    let _ = FMD_PIDS.insert(&child, &ROLE_WORKER, 0);
+    if FMD_PIDS.insert(&child, &ROLE_WORKER, 0).is_err() {
+        count(stats::PIDS_TABLE_FULL);
+    }
     // Its stdio at once (its first request may come before the daemon reads its descriptors).
     for fd in [1, 2] {
         let _ = FMD_LOG_FDS.insert(&ConnKey { tgid: child, fd }, &log_fd::STDIO, 0);
@@ -45,7 +47,7 @@ pub fn fmd_process_fork(ctx: TracePointContext) -> u32 {
 pub fn fmd_process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if role(tgid).is_none() {
+    if role(tgid) == 0 {
         return 0;
     }
     // Any thread of a worker: its tid may be reused by an unrelated thread.

@@ -18,12 +18,12 @@ use fmd_common::{
         OffCpu, PyLayout, RawFrame, SampleEvent, SamplerConfig, FLAG_OFF_CPU, FLAG_TRUNCATED,
         MAX_FRAMES, NO_FIELD, RAW_FRAME_SIZE,
     },
-    stats, ROLE_WORKER,
+    stats,
 };
 
 use crate::{
     http::{header, ring_flags},
-    maps::{count, role, FMD_EVENTS, FMD_SERVING},
+    maps::{count, FMD_EVENTS, FMD_SERVING},
 };
 
 /// Sends a header-only record; like every record, it does not wake the daemon (see `http::ring_flags`).
@@ -104,15 +104,14 @@ fn try_switch(ctx: &TracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let ts = try_sample(id, FLAG_OFF_CPU, SLOT_SWITCH)?;
-    let _ = FMD_OFFCPU.insert(
-        &tid,
-        &OffCpu {
-            since_ns: ts,
-            tgid: (id >> 32) as u32,
-            _pad: 0,
-        },
-        0,
-    );
+    let off = OffCpu {
+        since_ns: ts,
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+    };
+    if FMD_OFFCPU.insert(&tid, &off, 0).is_err() {
+        count(stats::OFFCPU_TABLE_FULL);
+    }
     Ok(())
 }
 
@@ -168,9 +167,8 @@ extern "C" fn walk_frame(index: u32, ctx: *mut c_void) -> i64 {
 fn try_sample(id: u64, flags: i32, slot: u32) -> Result<u64, ()> {
     let tgid = (id >> 32) as u32;
     let tid = id as u32;
-    if role(tgid) != Some(ROLE_WORKER) {
-        return Err(());
-    }
+    // Only serving processes' threads are in the table: the daemon fills it for watched workers (role
+    // `ROLE_WORKER`) and empties it when they exit, so it is the filter (one lookup instead of two).
     // SAFETY: plain values copied out at once.
     let tstate = unsafe { FMD_TSTATES.get(&tid).copied() }.ok_or(())?;
     // SAFETY: as above.

@@ -8,9 +8,13 @@ use aya_ebpf::{
     maps::HashMap,
     programs::ProbeContext,
 };
-use fmd_common::{http::kind, ROLE_WORKER};
+use fmd_common::{http::kind, stats};
 
-use crate::{http::header, maps::role, sampler::send_quiet};
+use crate::{
+    http::header,
+    maps::{count, is_worker},
+    sampler::send_quiet,
+};
 
 /// `tid -> start of the collection in progress`.
 #[map]
@@ -19,12 +23,14 @@ static FMD_GC_START: HashMap<u32, u64> = HashMap::with_max_entries(16384, 0);
 #[uprobe]
 pub fn fmd_gc_start(_ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    if role((id >> 32) as u32) != Some(ROLE_WORKER) {
+    if !is_worker((id >> 32) as u32) {
         return 0;
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = FMD_GC_START.insert(&(id as u32), &now, 0);
+    if FMD_GC_START.insert(&(id as u32), &now, 0).is_err() {
+        count(stats::GC_TABLE_FULL);
+    }
     0
 }
 

@@ -172,7 +172,15 @@ impl Default for GunicornOptions<'_> {
 }
 
 impl Gunicorn {
+    /// Starts gunicorn and waits until it listens with all its workers.
     pub fn start(venv: &Venv, options: &GunicornOptions<'_>) -> Self {
+        let gunicorn = Self::spawn(venv, options);
+        gunicorn.wait_ready(options);
+        gunicorn
+    }
+
+    /// Starts gunicorn without waiting for it (it may still be importing the app, not yet bound or forked).
+    pub fn spawn(venv: &Venv, options: &GunicornOptions<'_>) -> Self {
         let (bind, addr) = match options.unix_socket {
             Some(path) => (format!("unix:{}", path.display()), String::new()),
             None => {
@@ -202,7 +210,11 @@ impl Gunicorn {
             .stdout(Stdio::null())
             .spawn()
             .expect("start gunicorn");
-        let gunicorn = Self { child, addr };
+        Self { child, addr }
+    }
+
+    /// Waits until gunicorn listens and has `options.workers` workers.
+    pub fn wait_ready(&self, options: &GunicornOptions<'_>) {
         match options.unix_socket {
             Some(path) => {
                 let deadline = Instant::now() + Duration::from_secs(30);
@@ -215,10 +227,9 @@ impl Gunicorn {
                     thread::sleep(Duration::from_millis(50));
                 }
             }
-            None => wait_for_port(&gunicorn.addr, Duration::from_secs(30)),
+            None => wait_for_port(&self.addr, Duration::from_secs(30)),
         }
-        gunicorn.wait_for_workers(options.workers as usize);
-        gunicorn
+        self.wait_for_workers(options.workers as usize);
     }
 
     pub fn pid(&self) -> u32 {
@@ -285,11 +296,12 @@ impl Daemon {
         };
         // The daemon writes `<db>.daemon` once its programs are attached and its API listens.
         let marker = daemon.marker();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Loading the sampler is the kernel verifier's longest job: over a minute on a busy 2-core machine.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while !marker.exists() {
             assert!(
                 Instant::now() < deadline,
-                "fmd-daemon did not attach within 60 s"
+                "fmd-daemon did not attach within 180 s"
             );
             thread::sleep(Duration::from_millis(50));
         }

@@ -585,3 +585,204 @@ fn keep_alive_connection_opened_before_attachment() {
     let queries: Vec<&str> = rows.iter().filter_map(|r| r["query"].as_str()).collect();
     assert_eq!(queries, ["k=1", "k=2", "k=3", "k=4", "k=5"], "{rows:?}");
 }
+
+/// `gunicorn app:app & fmd-daemon --pid $!`: fmd attached to a master that has not forked its workers
+/// yet follows the workers it forks later, and stores every request they serve (issue 13: this stored 0
+/// of 14, silently).
+#[test]
+fn master_attached_before_it_forks_stores_every_request() {
+    if !require_bpf() {
+        return;
+    }
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
+    let dir = TempDir::new("prefork");
+    let options = GunicornOptions {
+        app: "gated:app",
+        // `--preload`: the master imports gated.py, which waits for its gate, before binding and forking.
+        extra: &["--preload"],
+        ..Default::default()
+    };
+    let app = Gunicorn::spawn(&venv, &options);
+    let gate = std::path::PathBuf::from(format!("/tmp/fmd-gate-{}", app.pid()));
+    let _gate_cleanup = GateFile(gate.clone());
+    let mut daemon = Daemon::start(app.pid(), &dir.0);
+    assert!(
+        app.workers().is_empty(),
+        "the master must not have forked before fmd attached (it waits for {})",
+        gate.display()
+    );
+    std::fs::write(&gate, b"").expect("open the gate");
+    app.wait_ready(&options);
+    const N: usize = 40;
+    let mut expected = HashMap::new();
+    for i in 0..N {
+        let (path, endpoint) = if i % 2 == 0 {
+            (format!("/hello/p{i}"), "hello")
+        } else {
+            ("/pid".to_owned(), "pid")
+        };
+        let answer = Conn::tcp(&app.addr)
+            .and_then(|mut c| c.send(&Req::get(&format!("{path}?i={i}"))))
+            .expect("request");
+        assert_eq!(answer.status, 200, "request {i}");
+        expected.insert(format!("i={i}"), (path, endpoint));
+    }
+    let workers = app.workers();
+    daemon.stop();
+    let rows = tests::fixtures::query(&daemon.db, "requests", &[]);
+    assert_eq!(
+        rows.len(),
+        N,
+        "every request of the workers forked after attachment"
+    );
+    for (query, row) in rows_by_query(&rows) {
+        let (path, endpoint) = &expected[&query];
+        assert_eq!(row["path"], path.as_str(), "{row}");
+        assert_eq!(row["endpoint"], *endpoint, "{row}");
+        let pid = row["worker_pid"].as_u64().expect("worker_pid") as u32;
+        assert!(
+            workers.contains(&pid),
+            "served by {pid}, not a worker of {workers:?}"
+        );
+    }
+    let stats = tests::fixtures::query(&daemon.db, "stats", &[]);
+    assert_eq!(
+        stats[0]["counters"]["pids_table_full"], 0,
+        "the pid table's inserts are counted: {stats:?}"
+    );
+}
+
+/// Removes a gate file on drop.
+struct GateFile(std::path::PathBuf);
+
+impl Drop for GateFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A process killed on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A Flask app served by Werkzeug's server in one process (`python app.py`, no gunicorn): the target
+/// serves every request itself and they are all stored.
+#[test]
+fn single_process_server_is_captured() {
+    if !require_bpf() {
+        return;
+    }
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
+    let dir = TempDir::new("single-process");
+    let port = tests::fixtures::free_port();
+    let server = Killed(
+        Command::new(venv.python())
+            .args(["single_process.py", &port.to_string()])
+            .current_dir(tests::fixtures::apps_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the single-process server"),
+    );
+    let addr = format!("127.0.0.1:{port}");
+    tests::fixtures::wait_for_port(&addr, Duration::from_secs(30));
+    // Requests only: this test is about which process is captured, not about profiles.
+    let mut daemon = Daemon::start_with(
+        server.0.id(),
+        &dir.0.join("fmd.duckdb"),
+        &["--sample-hz", "0"],
+    );
+    const N: usize = 20;
+    for i in 0..N {
+        let answer = Conn::tcp(&addr)
+            .and_then(|mut c| c.send(&Req::get(&format!("/hello/s{i}?i={i}"))))
+            .expect("request");
+        assert_eq!(answer.status, 200, "request {i}");
+    }
+    daemon.stop();
+    let rows = tests::fixtures::query(&daemon.db, "requests", &[]);
+    assert_eq!(rows.len(), N, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["endpoint"], "hello", "{row}");
+        assert_eq!(row["worker_pid"], u64::from(server.0.id()), "{row}");
+        assert_eq!(row["status"], 200, "{row}");
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Started with umask 000, the daemon still creates its state directory 0700 and the store, its WAL and
+/// `<db>.daemon` 0600; a store left readable by others is reported when it is opened again.
+#[test]
+fn store_files_are_private_whatever_the_umask() {
+    if !require_bpf() {
+        return;
+    }
+    let Some(venv) = Venv::get("debian3.11") else {
+        return;
+    };
+    let dir = TempDir::new("modes");
+    let state = dir.0.join("state");
+    let db = state.join("fmd.duckdb");
+    let app = Gunicorn::start(
+        &venv,
+        &GunicornOptions {
+            workers: 1,
+            ..Default::default()
+        },
+    );
+    // SAFETY: umask(2) on this process; the end-to-end tests run one at a time, and the daemon inherits it.
+    let previous = unsafe { libc::umask(0) };
+    let mut daemon = Daemon::start_with(app.pid(), &db, &[]);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    for i in 0..5 {
+        Conn::tcp(&app.addr)
+            .and_then(|mut c| c.send(&Req::get(&format!("/hello/private?i={i}"))))
+            .expect("request");
+    }
+    let wal = state.join("fmd.duckdb.wal");
+    for _ in 0..100 {
+        if wal.exists() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(mode(&state), 0o700, "state directory");
+    assert_eq!(mode(&db), 0o600, "store");
+    assert_eq!(mode(&wal), 0o600, "WAL");
+    assert_eq!(mode(&state.join("fmd.duckdb.daemon")), 0o600, "daemon file");
+    daemon.stop();
+    assert_eq!(daemon.query("requests", &[]).len(), 5);
+
+    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .expect("chmod");
+    let out = Command::new(tests::fixtures::daemon_binary())
+        .args(["migrate", "--db"])
+        .arg(&db)
+        .output()
+        .expect("run fmd-daemon migrate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("readable by other users") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+}

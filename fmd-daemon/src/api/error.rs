@@ -2,7 +2,7 @@
 //! body `{"error": "..."}` that says what to fix.
 
 use axum::{
-    extract::rejection::QueryRejection,
+    extract::rejection::{PathRejection, QueryRejection},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -19,6 +19,16 @@ pub enum Error {
     },
     #[error("bad query parameter limit: {value:?} is not a non-negative integer")]
     BadLimit { value: String },
+    #[error("query parameter {param}={value} is above the maximum of {max}{hint}")]
+    LimitTooLarge {
+        param: &'static str,
+        value: u64,
+        max: u64,
+        /// What to do instead, starting with a separator, or empty.
+        hint: &'static str,
+    },
+    #[error("bad query parameter before_id: {value:?} is not a request id")]
+    BadCursor { value: String },
     #[error("bad query parameter format: {value:?} (use json or folded)")]
     BadFormat { value: String },
     #[error("bad query parameter {param}: {value:?} (use 1 or 0)")]
@@ -31,6 +41,8 @@ pub enum Error {
     NotFound { what: String },
     #[error("bad query string")]
     BadQuery(#[source] QueryRejection),
+    #[error("bad path")]
+    BadPath(#[source] PathRejection),
     #[error("cannot read the fmd database")]
     Store(#[source] store::Error),
     #[error("the query task failed")]
@@ -42,11 +54,15 @@ impl Error {
         match self {
             Self::BadTime { .. }
             | Self::BadLimit { .. }
+            | Self::LimitTooLarge { .. }
+            | Self::BadCursor { .. }
             | Self::BadQuery(_)
             | Self::BadFormat { .. }
             | Self::BadFlag { .. }
             | Self::BadLevel { .. }
             | Self::MissingParam { .. } => StatusCode::BAD_REQUEST,
+            // A path segment that does not parse (`/api/requests/abc/profile`) names nothing.
+            Self::BadPath(rejection) => rejection.status(),
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Store(_) | Self::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -4,10 +4,12 @@
 mod endpoints;
 mod error;
 mod exceptions;
+mod json_errors;
 mod outliers;
 mod overview;
 mod profiles;
 mod requests;
+pub mod server;
 mod versions;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +18,7 @@ use axum::{routing::get, Router};
 use duckdb::Connection;
 use tower_http::trace::TraceLayer;
 
-pub use self::error::Error;
+pub use self::{error::Error, requests::MAX_LIMIT};
 
 /// What the handlers share: a connection to the daemon's database, cloned per call so calls run in
 /// parallel (DuckDB connections are not `Sync`; `try_clone` is cheap and shares the database).
@@ -84,9 +86,10 @@ impl AppState {
     }
 }
 
-/// The API routes, with a request span on every call. The lead merges the web UI's routes onto it.
+/// The API routes, with a request span on every call, bounded in time and body size, every `/api/` error
+/// as JSON (`server::bounded`). The lead merges the web UI's routes onto it.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(overview::page))
         .route("/api/requests", get(requests::requests))
         .route("/api/endpoints", get(endpoints::endpoints))
@@ -107,7 +110,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/endpoints/{endpoint}/level",
             get(outliers::get_level).put(outliers::set_level),
-        )
+        );
+    server::bounded(routes, server::Limits::default())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -132,6 +136,22 @@ pub(crate) mod test_support {
             .await
             .expect("body");
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// GETs `uri`: the status, the headers and the body as JSON (`Null` when it is not JSON).
+    pub async fn get_response(
+        app: &Router,
+        uri: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let request = Request::get(uri).body(Body::empty()).expect("request");
+        let response = app.clone().oneshot(request).await.expect("response");
+        let (parts, body) = response.into_parts();
+        let body = to_bytes(body, usize::MAX).await.expect("body");
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     /// GETs `uri`: the status and the body as JSON (`Null` when it is not JSON).

@@ -2,7 +2,10 @@
 //! an endpoint's (or, until endpoints are known everywhere, a path's) last N profiled requests.
 
 use axum::{
-    extract::{rejection::QueryRejection, Path, Query, State},
+    extract::{
+        rejection::{PathRejection, QueryRejection},
+        Path, Query, State,
+    },
     http::header,
     response::{IntoResponse, Response},
     Json,
@@ -14,7 +17,7 @@ use crate::store::profiles::{self, ProfileKey};
 
 /// Requests merged into a grouped profile unless `n` says otherwise (FMD's default).
 pub const DEFAULT_GROUPED: usize = 100;
-/// Most requests one grouped profile merges.
+/// Most requests one grouped profile merges; more is a 400.
 const MAX_GROUPED: usize = 10_000;
 
 /// `?full_stack=1`: every frame from the thread's start, instead of the app's part under one server node.
@@ -38,9 +41,10 @@ fn full_stack(value: Option<&str>) -> Result<bool, Error> {
 /// `GET /api/requests/{id}/profile?full_stack=1`.
 pub async fn request_profile(
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    id: Result<Path<i64>, PathRejection>,
     params: Result<Query<ProfileParams>, QueryRejection>,
 ) -> Result<Response, Error> {
+    let Path(id) = id.map_err(Error::BadPath)?;
     let Query(params) = params.map_err(Error::BadQuery)?;
     let full = full_stack(params.full_stack.as_deref())?;
     match state
@@ -70,9 +74,10 @@ pub struct GroupedParams {
 /// `GET /api/endpoints/{endpoint}/grouped-profile?n=100&format=folded`.
 pub async fn endpoint_grouped(
     State(state): State<AppState>,
-    Path(endpoint): Path<String>,
+    endpoint: Result<Path<String>, PathRejection>,
     params: Result<Query<GroupedParams>, QueryRejection>,
 ) -> Result<Response, Error> {
+    let Path(endpoint) = endpoint.map_err(Error::BadPath)?;
     let Query(params) = params.map_err(Error::BadQuery)?;
     grouped(state, ProfileKey::Endpoint(endpoint), params).await
 }
@@ -98,12 +103,22 @@ async fn grouped(
 ) -> Result<Response, Error> {
     let n = match params.n.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => DEFAULT_GROUPED,
-        Some(v) => v
-            .parse::<usize>()
-            .map_err(|_| Error::BadLimit {
-                value: v.to_owned(),
-            })?
-            .min(MAX_GROUPED),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n <= MAX_GROUPED => n,
+            Ok(n) => {
+                return Err(Error::LimitTooLarge {
+                    param: "n",
+                    value: n as u64,
+                    max: MAX_GROUPED as u64,
+                    hint: "",
+                })
+            }
+            Err(_) => {
+                return Err(Error::BadLimit {
+                    value: v.to_owned(),
+                })
+            }
+        },
     };
     let folded = match params.format.as_deref() {
         None | Some("" | "json") => false,

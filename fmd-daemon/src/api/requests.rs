@@ -3,16 +3,23 @@
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
+    http::{header, HeaderValue},
+    response::{IntoResponse, Response},
     Json,
 };
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
 use super::{AppState, Error};
 use crate::store::{
     self,
-    time::{now_us, parse_instant, Micros},
-    RequestFilter, RequestRow, Stats,
+    time::{format_us, now_us, parse_instant, Micros},
+    RequestFilter, Stats,
 };
+
+/// Most rows one `/api/requests` answer holds, and how many it holds when `limit` is not given: older rows
+/// are read page by page (`before_id`), so no answer is built whole in memory from a large store.
+pub const MAX_LIMIT: u64 = 10_000;
 
 /// `/api/requests` query parameters as sent; empty values count as absent (`?since=&limit=10`).
 #[derive(Debug, Default, Deserialize)]
@@ -21,20 +28,64 @@ pub struct RequestsParams {
     until: Option<String>,
     limit: Option<String>,
     endpoint: Option<String>,
+    before_id: Option<String>,
 }
 
-/// `GET /api/requests?since=&until=&limit=&endpoint=`: JSON array of rows, oldest first; `since`/`until`
-/// take RFC 3339 or a time ago (`15m`); `limit` keeps the most recent.
+/// `GET /api/requests?since=&until=&limit=&endpoint=&before_id=`: JSON array of rows, oldest first;
+/// `since`/`until` take RFC 3339 or a time ago (`15m`); `limit` (at most [`MAX_LIMIT`], the default) keeps
+/// the most recent. When older rows match too, a `Link: <...>; rel="next"` header gives the URL of the
+/// next (older) page: the same filter with `before_id` = this page's first id.
 pub async fn requests(
     State(state): State<AppState>,
     params: Result<Query<RequestsParams>, QueryRejection>,
-) -> Result<Json<Vec<RequestRow>>, Error> {
+) -> Result<Response, Error> {
     let Query(params) = params.map_err(Error::BadQuery)?;
     let filter = filter(params, now_us())?;
-    state
-        .query(move |conn| store::requests(conn, &filter))
-        .await
-        .map(Json)
+    let limit = filter.limit.unwrap_or(MAX_LIMIT);
+    // One row more than asked tells whether an older page exists.
+    let probe = RequestFilter {
+        limit: Some(limit + 1),
+        ..filter.clone()
+    };
+    let mut rows = state
+        .query(move |conn| store::requests(conn, &probe))
+        .await?;
+    let more = rows.len() as u64 > limit;
+    if more {
+        rows.remove(0);
+    }
+    let next = rows
+        .first()
+        .filter(|_| more)
+        .map(|r| next_link(&filter, limit, r.id));
+    let mut response = Json(rows).into_response();
+    if let Some(value) = next.and_then(|link| HeaderValue::from_str(&link).ok()) {
+        response.headers_mut().insert(header::LINK, value);
+    }
+    Ok(response)
+}
+
+/// What a query-string value keeps unescaped: RFC 3986's unreserved characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The `Link` header value naming the page before request `first_id`, times resolved (so `15m` does not
+/// drift between pages).
+fn next_link(filter: &RequestFilter, limit: u64, first_id: i64) -> String {
+    let mut pairs = Vec::new();
+    pairs.extend(filter.since.map(|t| ("since", format_us(t))));
+    pairs.extend(filter.until.map(|t| ("until", format_us(t))));
+    pairs.extend(filter.endpoint.clone().map(|e| ("endpoint", e)));
+    pairs.push(("limit", limit.to_string()));
+    pairs.push(("before_id", first_id.to_string()));
+    let query: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, QUERY_VALUE)))
+        .collect();
+    format!("</api/requests?{}>; rel=\"next\"", query.join("&"))
 }
 
 /// `GET /api/stats`: counters summed over every daemon run, and how many requests are stored.
@@ -61,11 +112,27 @@ fn filter(params: RequestsParams, now: Micros) -> Result<RequestFilter, Error> {
                 .map_err(|_| Error::BadLimit { value: v })
         })
         .transpose()?;
+    if let Some(value) = limit.filter(|&l| l > MAX_LIMIT) {
+        return Err(Error::LimitTooLarge {
+            param: "limit",
+            value,
+            max: MAX_LIMIT,
+            hint: " (read older rows page by page: each answer's Link header names the next page)",
+        });
+    }
+    let before_id = present(params.before_id)
+        .map(|v| {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| Error::BadCursor { value: v })
+        })
+        .transpose()?;
     Ok(RequestFilter {
         since: time("since", params.since)?,
         until: time("until", params.until)?,
         limit,
         endpoint: present(params.endpoint),
+        before_id,
     })
 }
 
@@ -75,7 +142,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        api::{router, test_support::get},
+        api::{
+            router,
+            test_support::{get, get_response},
+        },
         store::{append_requests, begin_run, set_counters, test_support::request, RunInfo, Store},
     };
 
@@ -110,6 +180,7 @@ mod tests {
                 until: Some(NOW - 15 * 60 * 1_000_000),
                 limit: Some(10),
                 endpoint: Some("item".into()),
+                before_id: None,
             }),
         );
         check(
@@ -131,6 +202,17 @@ mod tests {
         check("until=12", Err("until"));
         check("limit=-1", Err("limit"));
         check("limit=ten", Err("limit"));
+        check(
+            "limit=10000&before_id=12",
+            Ok(RequestFilter {
+                limit: Some(10_000),
+                before_id: Some(12),
+                ..Default::default()
+            }),
+        );
+        check("limit=10001", Err("maximum of 10000"));
+        check("limit=100000000", Err("page by page"));
+        check("before_id=x", Err("before_id"));
     }
 
     /// A router over a temp database holding `request(0..n)` and one run's counters.
@@ -154,7 +236,7 @@ mod tests {
         let (_dir, app) = app(10);
         let (status, body) = get(&app, "/api/requests").await;
         assert_eq!(status, StatusCode::OK);
-        let rows: Vec<RequestRow> = serde_json::from_value(body.clone()).expect("rows");
+        let rows: Vec<store::RequestRow> = serde_json::from_value(body.clone()).expect("rows");
         assert_eq!(
             rows.iter().map(|r| r.id).collect::<Vec<_>>(),
             (1..=10).collect::<Vec<_>>()
@@ -213,5 +295,171 @@ mod tests {
         );
         let (status, _) = get(&app, "/api/nope").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// Ids of the rows in a JSON answer.
+    fn ids(body: &serde_json::Value) -> Vec<i64> {
+        body.as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r["id"].as_i64().expect("id"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pages_follow_the_link_header() {
+        let (_dir, app) = app(25);
+        let mut uri = "/api/requests?limit=10&since=2026-11-23T15:56:41Z".to_owned();
+        let mut pages = Vec::new();
+        loop {
+            let (status, headers, body) = get_response(&app, &uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            pages.push(ids(&body));
+            let Some(link) = headers.get("link") else {
+                break;
+            };
+            let link = link.to_str().expect("ascii");
+            assert!(link.ends_with(r#">; rel="next""#), "{link}");
+            uri = link
+                .strip_prefix('<')
+                .and_then(|l| l.split_once('>'))
+                .expect("a URL in <>")
+                .0
+                .to_owned();
+            assert!(uri.contains("since=2026-11-23T15%3A56%3A41"), "{uri}");
+        }
+        assert_eq!(pages.len(), 3, "{pages:?}");
+        assert_eq!(pages[0], (16..=25).collect::<Vec<_>>());
+        let joined: Vec<i64> = pages.into_iter().rev().flatten().collect();
+        assert_eq!(joined, (1..=25).collect::<Vec<_>>());
+
+        // Without a limit the answer is the newest MAX_LIMIT rows: here all of them, with no next page.
+        let (_, headers, body) = get_response(&app, "/api/requests").await;
+        assert_eq!(ids(&body).len(), 25);
+        assert!(headers.get("link").is_none());
+    }
+
+    #[tokio::test]
+    async fn every_error_is_json_with_its_status() {
+        let (_dir, app) = app(2);
+        for (uri, status, says) in [
+            (
+                "/api/requests?limit=100000000",
+                StatusCode::BAD_REQUEST,
+                "maximum of 10000",
+            ),
+            (
+                "/api/requests?before_id=x",
+                StatusCode::BAD_REQUEST,
+                "before_id",
+            ),
+            ("/api/requests/abc/profile", StatusCode::BAD_REQUEST, "abc"),
+            (
+                "/api/requests/99999999999999999999/profile",
+                StatusCode::BAD_REQUEST,
+                "path",
+            ),
+            ("/api/nope", StatusCode::NOT_FOUND, "not found"),
+            (
+                "/api/endpoints/ep/grouped-profile?n=10001",
+                StatusCode::BAD_REQUEST,
+                "maximum of 10000",
+            ),
+        ] {
+            let (got, headers, body) = get_response(&app, uri).await;
+            assert_eq!(got, status, "{uri}: {body}");
+            assert_eq!(headers["content-type"], "application/json", "{uri}");
+            let message = body["error"].as_str().unwrap_or_default();
+            assert!(message.contains(says), "{uri}: {message}");
+        }
+        // A wrong method and a body over the limit are JSON too.
+        let post = axum::http::Request::post("/api/requests")
+            .header("content-length", "10")
+            .body(axum::body::Body::from("0123456789"))
+            .expect("request");
+        let response = tower::ServiceExt::oneshot(app.clone(), post)
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let big = vec![b'x'; crate::api::server::MAX_BODY + 1];
+        let post = axum::http::Request::post("/api/requests")
+            .header("content-length", big.len().to_string())
+            .body(axum::body::Body::from(big))
+            .expect("request");
+        let response = tower::ServiceExt::oneshot(app.clone(), post)
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        // Pages outside /api/ are not rewritten.
+        let (status, headers, _) = get_response(&app, "/nope").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(headers
+            .get("content-type")
+            .is_none_or(|t| t != "application/json"));
+    }
+
+    /// Every string the API takes from a request (query parameters, path segments) goes to DuckDB as a
+    /// bound parameter or is parsed first: SQL in any of them matches nothing, changes nothing and breaks
+    /// nothing.
+    #[tokio::test]
+    async fn sql_in_any_parameter_is_only_data() {
+        let (_dir, app) = app(6);
+        let payloads = [
+            "' OR '1'='1",
+            "item' OR 1=1 --",
+            "x'; DROP TABLE requests; --",
+            "1) OR (1=1",
+            "1; DELETE FROM requests",
+            "\" OR \"\"=\"",
+            "%27%20OR%201%3D1",
+        ];
+        let enc = |p: &str| utf8_percent_encode(p, NON_ALPHANUMERIC).to_string();
+        for payload in payloads {
+            let p = enc(payload);
+            for (uri, rows_if_ok) in [
+                (format!("/api/requests?endpoint={p}"), Some(0)),
+                (format!("/api/requests?since={p}"), None),
+                (format!("/api/requests?until={p}"), None),
+                (format!("/api/requests?limit={p}"), None),
+                (format!("/api/requests?before_id={p}"), None),
+                (format!("/api/endpoints/{p}/grouped-profile"), None),
+                (format!("/api/endpoints/item/grouped-profile?n={p}"), None),
+                (
+                    format!("/api/endpoints/item/grouped-profile?format={p}"),
+                    None,
+                ),
+                (format!("/api/paths/grouped-profile?path={p}"), None),
+                (format!("/api/requests/{p}/profile"), None),
+            ] {
+                let (status, headers, body) = get_response(&app, &uri).await;
+                assert!(
+                    matches!(
+                        status,
+                        StatusCode::OK | StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND
+                    ),
+                    "{uri}: {status} {body}"
+                );
+                assert_eq!(headers["content-type"], "application/json", "{uri}");
+                if status == StatusCode::OK {
+                    if let Some(n) = rows_if_ok {
+                        assert_eq!(ids(&body).len(), n, "{uri}: {body}");
+                    }
+                    if uri.contains("grouped-profile") {
+                        assert_eq!(body["requests"], 0, "{uri}: {body}");
+                    }
+                }
+            }
+        }
+        let (status, body) = get(&app, "/api/requests").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            ids(&body),
+            (1..=6).collect::<Vec<_>>(),
+            "the store is intact"
+        );
+        let (_, body) = get(&app, "/api/stats").await;
+        assert_eq!(body["requests_stored"], 6);
     }
 }

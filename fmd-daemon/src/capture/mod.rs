@@ -79,6 +79,10 @@ pub struct BpfCounters {
     pub data_truncated: u64,
     /// Log writes longer than the copy bound (their tail was not copied).
     pub log_truncated: u64,
+    /// New workers that did not fit in the pid table (not captured at all).
+    pub pids_table_full: u64,
+    /// Syscalls on accepted sockets whose arguments did not fit in the pending table (bytes missing).
+    pub pending_table_full: u64,
 }
 
 /// The loaded programs and maps; dropping it detaches everything.
@@ -126,7 +130,7 @@ impl Capture {
         Ok(Self { ebpf })
     }
 
-    /// Puts `pid` under watch with `role` ([`fmd_common::ROLE_MASTER`] or [`fmd_common::ROLE_WORKER`]).
+    /// Puts `pid` under watch with `role` (bits [`fmd_common::ROLE_MASTER`], [`fmd_common::ROLE_WORKER`]).
     pub fn watch(&mut self, pid: u32, role: u32) -> Result<(), Error> {
         self.pids()?
             .insert(pid, role, 0)
@@ -253,6 +257,8 @@ impl Capture {
             events_sent: at(stats::EVENTS_SENT),
             data_truncated: at(stats::DATA_TRUNCATED),
             log_truncated: at(stats::LOG_TRUNCATED),
+            pids_table_full: at(stats::PIDS_TABLE_FULL),
+            pending_table_full: at(stats::PENDING_TABLE_FULL),
         })
     }
 

@@ -25,19 +25,61 @@ pub enum Error {
     },
 }
 
-/// What `--pid` turned out to be.
+/// What `--pid` turned out to be, which decides its role bits in BPF's pid table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// A gunicorn master: its current children are the workers, and later forks become workers too.
-    Master { pid: u32, workers: Vec<u32> },
-    /// A single serving process (a gunicorn worker, or a Python server without a master).
+    /// A gunicorn arbiter (known by its command line): it forks the workers and never serves, so its forks
+    /// are followed and it is not captured itself.
+    Master { pid: u32 },
+    /// Not a fork of the same program, and not known to be a pure master: a master that has not forked its
+    /// workers yet (`gunicorn app:app & fmd-daemon --pid $!`), a master of another kind, or a
+    /// single-process server (`python app.py`). Its forks are followed *and* its own requests captured,
+    /// whatever its children are at this moment.
+    Server { pid: u32 },
+    /// A fork of the same program (a gunicorn worker named directly): that process only.
     Worker { pid: u32 },
 }
 
 impl Target {
     pub fn pid(&self) -> u32 {
         match self {
-            Self::Master { pid, .. } | Self::Worker { pid } => *pid,
+            Self::Master { pid } | Self::Server { pid } | Self::Worker { pid } => *pid,
+        }
+    }
+
+    /// The role bits written for the target into BPF's pid table.
+    pub fn role(&self) -> u32 {
+        match self {
+            Self::Master { .. } => fmd_common::ROLE_MASTER,
+            Self::Server { .. } => fmd_common::ROLE_MASTER | fmd_common::ROLE_WORKER,
+            Self::Worker { .. } => fmd_common::ROLE_WORKER,
+        }
+    }
+
+    /// Whether the target's forks become watched workers.
+    pub fn follows_forks(&self) -> bool {
+        self.role() & fmd_common::ROLE_MASTER != 0
+    }
+
+    /// Whether the target's own accepted connections are captured.
+    pub fn serves(&self) -> bool {
+        self.role() & fmd_common::ROLE_WORKER != 0
+    }
+
+    /// What was decided, for the log.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Master { .. } => {
+                "gunicorn master: following its workers, present and future (it serves no request itself)"
+            }
+            Self::Server { .. } => {
+                "not a fork of the same program: capturing its own requests and following every process it \
+                 forks (a master before its workers start, or a single-process server)"
+            }
+            Self::Worker { .. } => {
+                "a worker forked by a process of the same program: capturing this worker only (give the \
+                 master's PID to follow every worker)"
+            }
         }
     }
 }
@@ -117,6 +159,18 @@ pub fn inspect(pid: u32) -> Result<ProcInfo, Error> {
     })
 }
 
+/// The thread-group id of `pid` (itself for a process, its process for a thread), from /proc/PID/status
+/// alone; `None` when it is gone.
+pub fn tgid(pid: u32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A CPython process maps either a `python3.X` executable with the interpreter linked in, or `libpython3.X`.
 fn maps_have_python(maps: &str, exe: &std::path::Path) -> bool {
     let is_python_name = |name: &str| name.starts_with("python") || name.starts_with("libpython");
@@ -157,9 +211,10 @@ fn parse_stat_ppid(stat: &str) -> Option<u32> {
         .ok()
 }
 
-/// Decides how to watch `pid`: a process whose parent runs the same program with the same command line is
-/// a forked worker (gunicorn workers are forks of the master, not new programs); a Python process with
-/// Python children of the same program is a master.
+/// Decides how to watch `pid`. A process whose parent runs the same program with the same command line
+/// is a forked worker (gunicorn workers are forks of the master, not new programs). Any other process is a
+/// master whatever its children are at this moment (it may not have forked yet); it also serves unless its
+/// command line says it is a gunicorn arbiter, which never accepts a connection itself.
 pub fn resolve(pid: u32) -> Result<Target, Error> {
     let info = inspect(pid)?;
     if !info.python {
@@ -168,20 +223,58 @@ pub fn resolve(pid: u32) -> Result<Target, Error> {
             exe: info.exe.display().to_string(),
         });
     }
-    if let Ok(parent) = inspect(info.ppid) {
-        if parent.python && parent.exe == info.exe && parent.cmdline == info.cmdline {
-            return Ok(Target::Worker { pid });
-        }
+    let parent = inspect(info.ppid).ok();
+    Ok(classify(&info, parent.as_ref()))
+}
+
+fn classify(info: &ProcInfo, parent: Option<&ProcInfo>) -> Target {
+    let pid = info.pid;
+    let forked = parent.is_some_and(|p| p.python && p.exe == info.exe && p.cmdline == info.cmdline);
+    if forked || is_gunicorn_worker_title(&info.cmdline) {
+        Target::Worker { pid }
+    } else if is_gunicorn_master(&info.cmdline) {
+        Target::Master { pid }
+    } else {
+        Target::Server { pid }
     }
-    let workers: Vec<u32> = children(pid)
+}
+
+/// `gunicorn ...`, `python /venv/bin/gunicorn ...`, `python -m gunicorn ...`, or the title gunicorn sets
+/// when `setproctitle` is installed (`gunicorn: master [app:app]`).
+fn is_gunicorn_master(cmdline: &[String]) -> bool {
+    let name = |arg: Option<&String>| {
+        arg.and_then(|a| a.rsplit('/').next())
+            .is_some_and(|n| n == "gunicorn")
+    };
+    let args: Vec<&String> = cmdline.iter().collect();
+    name(args.first().copied())
+        || (args.first().is_some_and(|a| a.contains("python"))
+            && (name(args.get(1).copied())
+                || (args.get(1).is_some_and(|a| *a == "-m") && name(args.get(2).copied()))))
+        || cmdline
+            .first()
+            .is_some_and(|a| a.starts_with("gunicorn: master"))
+}
+
+/// gunicorn's workers are titled `gunicorn: worker [app:app]` with `setproctitle`, unlike their master.
+fn is_gunicorn_worker_title(cmdline: &[String]) -> bool {
+    cmdline
+        .first()
+        .is_some_and(|a| a.starts_with("gunicorn: worker"))
+}
+
+/// `pid`'s children that are forks of it (processes, not threads, running the same executable): the
+/// workers a master started before fmd watched it.
+pub fn forked_children(pid: u32) -> Vec<u32> {
+    let Ok(info) = inspect(pid) else {
+        return Vec::new();
+    };
+    let mut workers: Vec<u32> = children(pid)
         .into_iter()
         .filter(|&c| inspect(c).is_ok_and(|c| c.python && c.exe == info.exe && c.tgid == c.pid))
         .collect();
-    if workers.is_empty() {
-        Ok(Target::Worker { pid })
-    } else {
-        Ok(Target::Master { pid, workers })
-    }
+    workers.sort_unstable();
+    workers
 }
 
 #[cfg(test)]
@@ -214,6 +307,91 @@ mod tests {
             "7f00-7f01 r-xp 0 08:01 1 /usr/lib/libc.so.6\n",
             std::path::Path::new("/usr/bin/sleep")
         ));
+    }
+
+    fn proc(pid: u32, ppid: u32, exe: &str, cmdline: &[&str]) -> ProcInfo {
+        ProcInfo {
+            pid,
+            ppid,
+            tgid: pid,
+            exe: exe.into(),
+            cmdline: cmdline.iter().map(|&a| a.to_owned()).collect(),
+            python: true,
+        }
+    }
+
+    #[test]
+    fn roles_follow_from_the_parent_not_the_children() {
+        let py = "/usr/bin/python3.11";
+        let master_cmd = ["/usr/bin/python3.11", "/venv/bin/gunicorn", "app:app"];
+        let shell = ProcInfo {
+            python: false,
+            ..proc(10, 1, "/usr/bin/bash", &["bash"])
+        };
+        let master = proc(100, 10, py, &master_cmd);
+        // The master as the target: followed, not captured, with or without workers yet.
+        assert_eq!(classify(&master, Some(&shell)), Target::Master { pid: 100 });
+        // One of its workers: captured alone.
+        let worker = proc(101, 100, py, &master_cmd);
+        assert_eq!(
+            classify(&worker, Some(&master)),
+            Target::Worker { pid: 101 }
+        );
+        // `python app.py`, a server with no master: captured, and its forks followed.
+        let single = proc(200, 10, py, &["python3", "app.py"]);
+        assert_eq!(classify(&single, Some(&shell)), Target::Server { pid: 200 });
+        assert_eq!(classify(&single, None), Target::Server { pid: 200 });
+        // Werkzeug's reloader runs the app as a child with the same command line: that child is a worker.
+        let reloaded = proc(201, 200, py, &["python3", "app.py"]);
+        assert_eq!(
+            classify(&reloaded, Some(&single)),
+            Target::Worker { pid: 201 }
+        );
+        // With setproctitle, master and workers have different titles.
+        let titled = proc(300, 10, py, &["gunicorn: master [app:app]"]);
+        assert_eq!(classify(&titled, Some(&shell)), Target::Master { pid: 300 });
+        let titled_worker = proc(301, 300, py, &["gunicorn: worker [app:app]"]);
+        assert_eq!(
+            classify(&titled_worker, Some(&titled)),
+            Target::Worker { pid: 301 }
+        );
+        let role = |t: Target| (t.follows_forks(), t.serves());
+        assert_eq!(role(Target::Master { pid: 1 }), (true, false));
+        assert_eq!(role(Target::Server { pid: 1 }), (true, true));
+        assert_eq!(role(Target::Worker { pid: 1 }), (false, true));
+    }
+
+    #[test]
+    fn gunicorn_masters_by_command_line() {
+        let check = |cmdline: &[&str], expect: bool| {
+            let cmdline: Vec<String> = cmdline.iter().map(|&a| a.to_owned()).collect();
+            assert_eq!(is_gunicorn_master(&cmdline), expect, "{cmdline:?}");
+        };
+        check(&["/venv/bin/gunicorn", "app:app"], true);
+        check(&["gunicorn"], true);
+        check(&["/usr/bin/python3", "/venv/bin/gunicorn", "-w", "2"], true);
+        check(&["python3.12", "-m", "gunicorn", "app:app"], true);
+        check(&["gunicorn: master [app:app]"], true);
+        check(&["python3", "app.py"], false);
+        check(&["python3", "-m", "flask", "run"], false);
+        check(&["/usr/bin/python3", "/opt/gunicorn-tools/run.py"], false);
+        check(&[], false);
+    }
+
+    #[test]
+    fn thread_group_of_a_thread_is_its_process() {
+        let me = std::process::id();
+        assert_eq!(tgid(me), Some(me));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        });
+        let tid = rx.recv().expect("tid");
+        assert_eq!(tgid(tid), Some(me));
+        thread.join().expect("join");
+        assert_eq!(tgid(u32::MAX - 1), None);
     }
 
     #[test]
@@ -351,7 +529,15 @@ mod socket_tests {
     }
 
     #[test]
-    fn own_process_has_no_accepted_sockets_by_default() {
-        assert!(accepted_sockets(std::process::id()).is_empty());
+    fn a_process_without_sockets_has_no_accepted_sockets() {
+        // A child of its own: this test process may host other tests' servers and their connections.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let fds = accepted_sockets(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(fds.is_empty(), "{fds:?}");
     }
 }

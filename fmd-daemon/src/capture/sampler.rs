@@ -25,6 +25,12 @@ pub struct SamplerCounters {
     pub samples_sent: u64,
     pub sample_drops: u64,
     pub samples_truncated: u64,
+    /// Threads not marked as serving (table full): no off-CPU stacks for them.
+    pub serving_table_full: u64,
+    /// Off-CPU stacks whose wait could not be timed (table full).
+    pub offcpu_table_full: u64,
+    /// GC collections whose start could not be kept (table full).
+    pub gc_table_full: u64,
 }
 
 /// Which threads of which worker the daemon told BPF about, to remove the stale ones on refresh.
@@ -154,6 +160,9 @@ impl Capture {
             samples_sent: at(stats::SAMPLES_SENT),
             sample_drops: at(stats::SAMPLE_DROPS),
             samples_truncated: at(stats::SAMPLES_TRUNCATED),
+            serving_table_full: at(stats::SERVING_TABLE_FULL),
+            offcpu_table_full: at(stats::OFFCPU_TABLE_FULL),
+            gc_table_full: at(stats::GC_TABLE_FULL),
         })
     }
 }

@@ -12,10 +12,13 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::de::DeserializeOwned;
 
-use crate::store::{
-    self,
-    time::{format_us, now_us, parse_instant, Micros},
-    DaemonFile, EndpointList, RequestFilter, RequestRow, Stats, Store,
+use crate::{
+    api::MAX_LIMIT,
+    store::{
+        self,
+        time::{format_us, now_us, parse_instant, Micros},
+        DaemonFile, EndpointList, RequestFilter, RequestRow, Stats, Store,
+    },
 };
 
 pub const DEFAULT_DB: &str = "/var/lib/fmd/fmd.duckdb";
@@ -93,6 +96,7 @@ impl RequestsArgs {
             limit: self.limit,
             // Empty means no filter, as in the API, so both sources answer alike.
             endpoint: self.endpoint.clone().filter(|e| !e.is_empty()),
+            before_id: None,
         })
     }
 }
@@ -281,16 +285,39 @@ impl Source {
         match self {
             Self::File(store) => Ok(store::requests(store.connection(), filter)?),
             Self::Daemon { listen, db } => {
-                // Times are resolved here, so `15m` means fifteen minutes before this command ran.
-                let mut query = Vec::new();
-                query.extend(filter.since.map(|t| ("since", format_us(t))));
-                query.extend(filter.until.map(|t| ("until", format_us(t))));
-                query.extend(filter.limit.map(|n| ("limit", n.to_string())));
-                query.extend(filter.endpoint.clone().map(|e| ("endpoint", e)));
-                match fetch(*listen, "/api/requests", &query)? {
-                    Fetched::Got(rows) => Ok(rows),
-                    Fetched::Unreachable(e) => Self::fallback(db, &e)?.requests(filter),
+                // The API answers at most MAX_LIMIT rows at a time: read newest first, page by page.
+                let mut pages: Vec<Vec<RequestRow>> = Vec::new();
+                let mut wanted = filter.limit;
+                let mut before = filter.before_id;
+                loop {
+                    let page_limit = wanted.map_or(MAX_LIMIT, |w| w.min(MAX_LIMIT));
+                    // Times are resolved here, so `15m` means fifteen minutes before this command ran.
+                    let mut query = Vec::new();
+                    query.extend(filter.since.map(|t| ("since", format_us(t))));
+                    query.extend(filter.until.map(|t| ("until", format_us(t))));
+                    query.push(("limit", page_limit.to_string()));
+                    query.extend(filter.endpoint.clone().map(|e| ("endpoint", e)));
+                    query.extend(before.map(|id| ("before_id", id.to_string())));
+                    let rows: Vec<RequestRow> = match fetch(*listen, "/api/requests", &query)? {
+                        Fetched::Got(rows) => rows,
+                        Fetched::Unreachable(e) if pages.is_empty() => {
+                            return Self::fallback(db, &e)?.requests(filter)
+                        }
+                        Fetched::Unreachable(e) => {
+                            bail!("the fmd daemon at {listen} stopped answering: {e}")
+                        }
+                    };
+                    let full = rows.len() as u64 == page_limit;
+                    before = rows.first().map(|r| r.id);
+                    if let Some(w) = &mut wanted {
+                        *w = w.saturating_sub(rows.len() as u64);
+                    }
+                    pages.push(rows);
+                    if !full || wanted == Some(0) || before.is_none() {
+                        break;
+                    }
                 }
+                Ok(pages.into_iter().rev().flatten().collect())
             }
         }
     }
@@ -704,7 +731,8 @@ symbols_unknown         7
                 since: Some(now - 2 * 3_600_000_000),
                 until: Some(1_795_446_000_000_000),
                 limit: Some(5),
-                endpoint: Some("item".into())
+                endpoint: Some("item".into()),
+                before_id: None,
             }
         );
         let bad = RequestsArgs {

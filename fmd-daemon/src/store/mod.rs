@@ -12,6 +12,7 @@ mod exceptions;
 pub mod levels;
 pub mod outliers;
 pub mod memory;
+pub mod file_modes;
 pub mod profiles;
 mod registry;
 mod requests;
@@ -120,7 +121,7 @@ impl Store {
     /// and rolls up the requests not rolled up yet ([`rollup::catch_up`]).
     pub fn open(path: &Path) -> Result<Self, Error> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            file_modes::create_private_dir(dir).map_err(|source| Error::CreateDir {
                 path: dir.to_owned(),
                 source,
             })?;

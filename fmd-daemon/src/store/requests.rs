@@ -56,6 +56,9 @@ pub struct RequestFilter {
     pub limit: Option<u64>,
     /// Exact Flask endpoint name.
     pub endpoint: Option<String>,
+    /// Only requests before request `before_id` in the answer's order (time, then id): the next page of
+    /// older rows is `before_id` = the first (oldest) id of the page just read.
+    pub before_id: Option<i64>,
 }
 
 /// Reads the requests matching `filter`, oldest first (by `ts`, then `id`, i.e. arrival order for equal
@@ -74,6 +77,19 @@ pub fn requests(conn: &Connection, filter: &RequestFilter) -> Result<Vec<Request
     if let Some(endpoint) = &filter.endpoint {
         conditions.push("endpoint = ?");
         values.push(Value::Text(endpoint.clone()));
+    }
+    if let Some(before) = filter.before_id {
+        // The cursor is a position in (ts, id) order, so a page never skips or repeats a row whatever the
+        // order ids were written in. An unknown id matches nothing.
+        conditions.push(
+            "(ts < (SELECT ts FROM requests WHERE id = ?) \
+             OR (ts = (SELECT ts FROM requests WHERE id = ?) AND id < ?))",
+        );
+        values.extend([
+            Value::BigInt(before),
+            Value::BigInt(before),
+            Value::BigInt(before),
+        ]);
     }
     let filter_sql = if conditions.is_empty() {
         String::new()
@@ -404,8 +420,55 @@ mod tests {
                 until: Some(ts(15)),
                 limit: Some(2),
                 endpoint: Some("item".into()),
+                before_id: None,
             },
             &[12, 14],
+        );
+    }
+
+    #[test]
+    fn pages_of_older_rows_follow_a_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("fmd.duckdb")).expect("open");
+        // Ids out of time order, and runs of equal times: the cursor must follow (ts, id), not ids.
+        let batch: Vec<_> = (0..20)
+            .map(|i| Request {
+                ts_us: 1_000 * i64::from((i * 7) % 20 / 3),
+                ..request(i)
+            })
+            .collect();
+        append_requests(store.connection(), 1, 1, &batch).expect("append");
+        let read = |limit, before_id| {
+            requests(
+                store.connection(),
+                &RequestFilter {
+                    limit,
+                    before_id,
+                    ..Default::default()
+                },
+            )
+            .expect("read")
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<i64>>()
+        };
+        let all = read(None, None);
+        assert_eq!(all.len(), 20);
+        let mut pages = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = read(Some(6), cursor);
+            assert!(page.len() <= 6);
+            let Some(&first) = page.first() else { break };
+            cursor = Some(first);
+            pages.push(page);
+        }
+        assert_eq!(pages.len(), 4);
+        let joined: Vec<i64> = pages.into_iter().rev().flatten().collect();
+        assert_eq!(joined, all, "pages neither skip nor repeat a row");
+        assert!(
+            read(Some(6), Some(999)).is_empty(),
+            "an unknown cursor matches nothing"
         );
     }
 

@@ -32,6 +32,17 @@ pub mod names {
     pub const STORE_WRITE_ERRORS: &str = "store_write_errors";
     /// Requests dropped because the database stayed unwritable and the retry buffer was full.
     pub const STORE_ROWS_DROPPED: &str = "store_rows_dropped";
+    /// Workers forked by a watched master that did not fit in BPF's pid table: none of their requests
+    /// are captured.
+    pub const PIDS_TABLE_FULL: &str = "pids_table_full";
+    /// Accept/read/write syscalls BPF could not follow (its pending-syscall table was full).
+    pub const PENDING_TABLE_FULL: &str = "pending_table_full";
+    /// Profiler: threads BPF could not mark as serving a request (no off-CPU stacks for them).
+    pub const SERVING_TABLE_FULL: &str = "profile_serving_table_full";
+    /// Profiler: off-CPU waits BPF could not time (its table was full).
+    pub const OFFCPU_TABLE_FULL: &str = "profile_offcpu_table_full";
+    /// Profiler: GC collections whose start BPF could not keep (its table was full).
+    pub const GC_TABLE_FULL: &str = "profile_gc_table_full";
 }
 
 /// What a daemon run records about itself when it starts.
