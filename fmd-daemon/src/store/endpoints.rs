@@ -1131,6 +1131,7 @@ mod tests {
                      DROP TABLE profile_stacks; DROP TABLE profile_frames; DROP TABLE profiled_requests; \
                      DROP TABLE endpoint_hours; DROP TABLE endpoint_durations; DROP TABLE endpoint_totals; \
                      DROP TABLE endpoint_duration_totals; DROP TABLE rollup_state; \
+                     DROP TABLE exception_occurrences; DROP TABLE exception_groups; \
                      UPDATE schema_version SET version = 1",
                 )
                 .expect("downgrade");

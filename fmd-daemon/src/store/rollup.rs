@@ -469,6 +469,7 @@ mod tests {
             conn.execute_batch(
                 "DROP TABLE endpoint_hours; DROP TABLE endpoint_durations; DROP TABLE endpoint_totals; \
                  DROP TABLE endpoint_duration_totals; DROP TABLE rollup_state; \
+                 DROP TABLE exception_occurrences; DROP TABLE exception_groups; \
                  UPDATE schema_version SET version = 3",
             )
             .expect("downgrade");
