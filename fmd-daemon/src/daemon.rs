@@ -224,7 +224,7 @@ fn watch_log_fds(capture: &mut Capture, pid: u32) {
     match capture.watch_log_fds(pid, &fds) {
         Ok(()) => debug!(pid, ?fds, "watching log descriptors"),
         Err(e) => {
-            warn!(pid, error = %e, "cannot watch the worker's log descriptors: its exceptions are not seen")
+            warn!(pid, error = %e, "cannot watch the worker's log descriptors: its exceptions are not seen");
         }
     }
 }

@@ -60,11 +60,14 @@ struct Thread {
     last_ns: u64,
 }
 
+/// A group and the `(file, line)` of every frame of one of its tracebacks: same key, same detail.
+type DetailKey = (String, Vec<(String, u32)>);
+
 pub struct Collector {
     clock_offset_ns: i64,
     threads: HashMap<(u32, u32), Thread>,
     sources: SourceFiles,
-    details: HashMap<(String, Vec<(String, u32)>), Arc<str>>,
+    details: HashMap<DetailKey, Arc<str>>,
     counters: Counters,
 }
 
