@@ -103,12 +103,13 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         })?;
     let listen = listener.local_addr()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = api::assets::mount(api::router(api_state), &config.base_path);
     let server = tokio::spawn(
         async move {
             let shutdown = async {
                 let _ = api_stopped.await;
             };
-            axum::serve(listener, api::router(api_state))
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -119,7 +120,12 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         listen,
     }
     .write(&config.db)?;
-    info!(%listen, db = %config.db.display(), "attached; dashboard and API at http://{listen}/");
+    info!(
+        %listen,
+        db = %config.db.display(),
+        "attached; dashboard and API at http://{listen}{}/",
+        config.base_path
+    );
 
     let limits = Limits {
         keep_head: config.capture.keep_head_bytes,

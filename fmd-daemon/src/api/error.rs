@@ -22,6 +22,8 @@ pub enum Error {
     BadLimit { value: String },
     #[error("bad query parameter format: {value:?} (use json or folded)")]
     BadFormat { value: String },
+    #[error("bad query parameter {param}: {reason}")]
+    BadParam { param: &'static str, reason: String },
     #[error("missing query parameter {param}")]
     MissingParam { param: &'static str },
     #[error("no {what}")]
@@ -41,7 +43,8 @@ impl Error {
             | Self::BadLimit { .. }
             | Self::BadQuery(_)
             | Self::BadFormat { .. }
-            | Self::MissingParam { .. } => StatusCode::BAD_REQUEST,
+            | Self::MissingParam { .. }
+            | Self::BadParam { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Store(_) | Self::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

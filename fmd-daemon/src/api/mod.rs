@@ -1,11 +1,12 @@
 //! The daemon's HTTP API: JSON under `/api/` over what `store` holds. Reads `store` only; never calls into
 //! `capture`.
 
+pub mod assets;
 mod endpoints;
 mod error;
-mod overview;
 mod profiles;
 mod requests;
+mod views;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -55,10 +56,9 @@ impl AppState {
     }
 }
 
-/// The API routes, with a request span on every call. The lead merges the web UI's routes onto it.
+/// The API routes, with a request span on every call; [`assets::mount`] adds the dashboard and the base path.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(overview::page))
         .route("/api/requests", get(requests::requests))
         .route("/api/endpoints", get(endpoints::endpoints))
         .route("/api/stats", get(requests::stats))
@@ -69,6 +69,16 @@ pub fn router(state: AppState) -> Router {
             get(profiles::endpoint_grouped),
         )
         .route("/api/paths/grouped-profile", get(profiles::path_grouped))
+        // The dashboard's views (api/views.rs).
+        .route("/api/views/hourly-load", get(views::hourly_load))
+        .route("/api/views/daily", get(views::daily))
+        .route("/api/views/versions", get(views::versions))
+        .route("/api/views/performance", get(views::performance))
+        .route("/api/views/endpoint", get(views::endpoint))
+        .route("/api/views/profiled-requests", get(views::profiled_requests))
+        .route("/api/views/reporting", get(views::reporting))
+        .route("/api/views/profile-diff", get(views::profile_diff))
+        .route("/api/views/database", get(views::database))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

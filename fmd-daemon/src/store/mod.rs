@@ -8,12 +8,14 @@
 
 mod daemon_file;
 mod endpoints;
+mod mann_whitney;
 pub mod profiles;
 mod requests;
 pub mod rollup;
 pub mod schema;
 mod stats;
 pub mod time;
+pub mod views;
 mod writer;
 
 use std::{

@@ -468,7 +468,7 @@ pub fn grouped_profile(
 }
 
 /// The stacks of the given profiles; `request` holds the profile id.
-fn stacks_of(conn: &Connection, profile_ids: &[i64]) -> Result<Vec<StackWeight>, Error> {
+pub(super) fn stacks_of(conn: &Connection, profile_ids: &[i64]) -> Result<Vec<StackWeight>, Error> {
     if profile_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -507,7 +507,7 @@ fn stacks_of(conn: &Connection, profile_ids: &[i64]) -> Result<Vec<StackWeight>,
     Ok(out)
 }
 
-fn frames_of(conn: &Connection, stacks: &[StackWeight]) -> Result<Vec<FrameInfo>, Error> {
+pub(super) fn frames_of(conn: &Connection, stacks: &[StackWeight]) -> Result<Vec<FrameInfo>, Error> {
     let mut ids: Vec<i64> = stacks
         .iter()
         .flat_map(|s| s.frames.iter().copied())
