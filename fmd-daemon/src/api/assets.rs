@@ -40,9 +40,12 @@ pub fn mount(api: Router, base: &str) -> Router {
         return app.layer(Extension(BasePath(String::new())));
     }
     let slash = format!("{base}/");
+    let to = slash.clone();
     Router::new()
         // The bare prefix and the root redirect into the app, as a user typing the host expects.
-        .route(base, axum::routing::get(move || async move { Redirect::permanent(&slash) }))
+        .route(base, axum::routing::get(move || async move { Redirect::permanent(&to) }))
+        // `nest` leaves the prefix with a trailing slash out: it is the app's home page.
+        .route(&slash, axum::routing::get(serve))
         .nest(base, app)
         .fallback({
             let to = format!("{base}/");
@@ -225,9 +228,15 @@ mod tests {
 
     #[tokio::test]
     async fn pages_fall_back_to_the_app_with_its_base() {
-        for (base, page) in [("", "/endpoint/api.x"), ("/fmd", "/fmd/endpoint/api.x")] {
+        for (base, page) in [
+            ("", "/endpoint/api.x"),
+            ("", "/"),
+            ("/fmd", "/fmd/endpoint/api.x"),
+            ("/fmd", "/fmd/"),
+        ] {
             let app = app(base);
             let response = get(&app, page, &[]).await;
+            assert!(!response.status().is_redirection(), "{page}");
             let built = Dist::get("index.html").is_some();
             let body = text(response).await;
             if built {

@@ -19,13 +19,15 @@ export function heatmap(cells: HourCell[]): Option {
       formatter: (p: { value: [number, number, number] }) =>
         `${days[p.value[1]]} ${HOURS[p.value[0]]}<br/><b>${p.value[2]}</b> requests`,
     },
-    grid: { left: 90, right: 20, top: 10, bottom: 70 },
+    grid: { left: 90, right: 20, top: 10, bottom: 90 },
     xAxis: { type: "category", data: HOURS, splitArea: { show: true } },
     yAxis: { type: "category", data: days, splitArea: { show: true } },
     visualMap: {
       min: 0,
       max: Math.max(1, max),
       calculable: true,
+      itemHeight: 160,
+      itemWidth: 12,
       orient: "horizontal",
       left: "center",
       bottom: 0,
@@ -89,7 +91,12 @@ export function versions(v: VersionUse): Option {
 export function boxes(list: Box[], name: string, horizontal = true): Option {
   const keys = list.map((b) => b.key);
   const catAxis = { type: "category", data: keys, axisLabel: { width: 150, overflow: "truncate" } };
-  const valAxis = { type: "log", name: "ms", min: (v: { min: number }) => Math.max(v.min / 2, 0.001) };
+  // Log scale from the power of ten below the fastest request, so the axis labels stay round.
+  const valAxis = {
+    type: "log",
+    name: "ms",
+    min: (v: { min: number }) => 10 ** Math.floor(Math.log10(Math.max(v.min, 0.001))),
+  };
   return {
     tooltip: {
       trigger: "item",
@@ -127,7 +134,7 @@ export function statusOverTime(v: EndpointView): Option {
     tooltip: { trigger: "axis" },
     legend: { bottom: 0 },
     grid: { left: 50, right: 20, top: 10, bottom: 50 },
-    xAxis: { type: "time" },
+    xAxis: { type: "time", axisLabel: { hideOverlap: true } },
     yAxis: { type: "value", name: "requests" },
     series: v.status.map((s) => ({
       name: s.class,
@@ -143,10 +150,13 @@ export function statusOverTime(v: EndpointView): Option {
 /** Median and p90 duration over time. */
 export function durationOverTime(v: EndpointView): Option {
   const t = timeAxis(v.times);
+  // Few points (a short or sparse range) are drawn as dots too, or a lone value would be invisible.
+  const sparse = v.hits.filter((h) => h > 0).length < 30;
   const line = (name: string, data: (number | null)[], color: string) => ({
     name,
     type: "line",
-    showSymbol: false,
+    showSymbol: sparse,
+    symbolSize: 6,
     connectNulls: false,
     itemStyle: { color },
     data: data.map((d, i) => [t[i], d]),
@@ -155,7 +165,7 @@ export function durationOverTime(v: EndpointView): Option {
     tooltip: { trigger: "axis", valueFormatter: (x: number) => ms(x) },
     legend: { bottom: 0 },
     grid: { left: 60, right: 20, top: 10, bottom: 50 },
-    xAxis: { type: "time" },
+    xAxis: { type: "time", axisLabel: { hideOverlap: true } },
     yAxis: { type: "value", name: "ms" },
     series: [line("median", v.median_ms, "#4e79a7"), line("p90", v.p90_ms, "#f28e2b")],
   };
