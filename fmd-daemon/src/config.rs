@@ -178,7 +178,9 @@ fn valid_base_path(base: &str) -> bool {
         || (base.starts_with('/')
             && !base.ends_with('/')
             && !base.contains("//")
-            && !base.contains(|c: char| c.is_whitespace() || matches!(c, '?' | '#' | '"' | '<' | '>' | '\\')))
+            && !base.contains(|c: char| {
+                c.is_whitespace() || matches!(c, '?' | '#' | '"' | '<' | '>' | '\\')
+            }))
 }
 
 /// "/fmd/" and "fmd" mean "/fmd"; "/" means the root.

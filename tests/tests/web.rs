@@ -88,7 +88,12 @@ fn api(daemon: &Daemon, path: &str) -> Value {
     let answer = conn
         .send(&Req::get(&format!("{BASE}{path}")).closing())
         .expect("API request");
-    assert_eq!(answer.status, 200, "{path}: {}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
     serde_json::from_slice(&answer.body).expect("JSON")
 }
 
@@ -131,7 +136,9 @@ fn chromium() -> PathBuf {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .filter(|p| !p.is_empty());
-    PathBuf::from(found.expect("chromium is not installed (cargo xtask setup installs Debian's chromium)"))
+    PathBuf::from(
+        found.expect("chromium is not installed (cargo xtask setup installs Debian's chromium)"),
+    )
 }
 
 #[test]
@@ -142,7 +149,8 @@ fn dashboard_in_a_real_browser() {
     let Some(venv) = Venv::get("debian3.11") else {
         return;
     };
-    let web = std::env::var_os("FMD_WEB_DIR").map_or_else(|| workspace().join("web"), PathBuf::from);
+    let web =
+        std::env::var_os("FMD_WEB_DIR").map_or_else(|| workspace().join("web"), PathBuf::from);
     assert!(
         web.join("node_modules/playwright-core").is_dir(),
         "web/node_modules is missing: run through `cargo xtask test` (it runs npm ci)"
@@ -171,14 +179,21 @@ fn dashboard_in_a_real_browser() {
             assert_eq!(n, sent.len(), "more requests stored than sent");
             break;
         }
-        assert!(Instant::now() < deadline, "only {n} of {} requests stored", sent.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {} requests stored",
+            sent.len()
+        );
         thread::sleep(Duration::from_millis(250));
     }
 
     let endpoints = api(&daemon, "/api/endpoints");
     let listed = endpoints["endpoints"].as_array().expect("endpoints").len();
     let hit: BTreeSet<&str> = sent.iter().filter_map(|s| s.endpoint).collect();
-    assert!(listed >= hit.len() + 2, "the route table lists the app's endpoints ({listed})");
+    assert!(
+        listed >= hit.len() + 2,
+        "the route table lists the app's endpoints ({listed})"
+    );
     let statuses = |endpoint: &str| -> usize {
         sent.iter()
             .filter(|s| s.endpoint == Some(endpoint))
@@ -193,7 +208,11 @@ fn dashboard_in_a_real_browser() {
         .collect();
     // The browser shows "now-1h": the UTC days that hour touches.
     let now = now_us();
-    let days = if utc_day_hour(now - 3_600_000_000).0 == utc_day_hour(now).0 { 1 } else { 2 };
+    let days = if utc_day_hour(now - 3_600_000_000).0 == utc_day_hour(now).0 {
+        1
+    } else {
+        2
+    };
     let expect = json!({
         "from": "now-1h",
         "endpoints": listed,
@@ -210,7 +229,8 @@ fn dashboard_in_a_real_browser() {
     let expect_file = dir.0.join("expect.json");
     std::fs::write(&expect_file, expect.to_string()).expect("write expectations");
 
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from);
     let screenshots = target.join("web-screenshots");
     let mut node = Command::new("node");
     node.arg(web.join("tests/e2e.mjs"))
@@ -223,7 +243,11 @@ fn dashboard_in_a_real_browser() {
         node.env("FMD_USER", USER).env("FMD_PASSWORD", PASSWORD);
     }
     let status = node.status().expect("run node web/tests/e2e.mjs");
-    assert!(status.success(), "browser checks failed (screenshots in {})", screenshots.display());
+    assert!(
+        status.success(),
+        "browser checks failed (screenshots in {})",
+        screenshots.display()
+    );
     drop(daemon);
     drop(app);
 }

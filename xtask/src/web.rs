@@ -48,7 +48,8 @@ pub fn check_node() -> Result<()> {
 pub fn install() -> Result<()> {
     check_node()?;
     let web = dir();
-    let lock = fs::read(web.join("package-lock.json")).context("web/package-lock.json is missing")?;
+    let lock =
+        fs::read(web.join("package-lock.json")).context("web/package-lock.json is missing")?;
     // npm ci writes node_modules/.package-lock.json; our own copy of the lock says which one it used.
     let stamp = web.join("node_modules/.fmd-installed-lock");
     if fs::read(&stamp).is_ok_and(|installed| installed == lock) {
@@ -68,7 +69,14 @@ pub fn build() -> Result<()> {
     install()?;
     let web = dir();
     let built = modified(&web.join("dist/index.html"));
-    let sources = ["src", "index.html", "vite.config.ts", "svelte.config.js", "package-lock.json", "tsconfig.json"];
+    let sources = [
+        "src",
+        "index.html",
+        "vite.config.ts",
+        "svelte.config.js",
+        "package-lock.json",
+        "tsconfig.json",
+    ];
     let newest = sources
         .iter()
         .map(|s| newest_in(&web.join(s)))

@@ -43,7 +43,10 @@ pub fn mount(api: Router, base: &str) -> Router {
     let to = slash.clone();
     Router::new()
         // The bare prefix and the root redirect into the app, as a user typing the host expects.
-        .route(base, axum::routing::get(move || async move { Redirect::permanent(&to) }))
+        .route(
+            base,
+            axum::routing::get(move || async move { Redirect::permanent(&to) }),
+        )
         // `nest` leaves the prefix with a trailing slash out: it is the app's home page.
         .route(&slash, axum::routing::get(serve))
         .nest(base, app)
@@ -84,7 +87,9 @@ pub async fn serve(
     index(&base)
 }
 
-const STATIC_EXTENSIONS: &[&str] = &[".js", ".css", ".map", ".png", ".svg", ".ico", ".woff2", ".json"];
+const STATIC_EXTENSIONS: &[&str] = &[
+    ".js", ".css", ".map", ".png", ".svg", ".ico", ".woff2", ".json",
+];
 
 fn file_response(path: &str, file: &rust_embed::EmbeddedFile, headers: &HeaderMap) -> Response {
     let etag = etag(&file.metadata.sha256_hash());
@@ -177,7 +182,9 @@ fn index(base: &str) -> Response {
 }
 
 fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;")
+    text.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
 }
 
 const NOT_BUILT: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>fmd</title></head>\
@@ -208,7 +215,9 @@ mod tests {
     }
 
     async fn text(response: Response) -> String {
-        let body = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        let body = to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("body");
         String::from_utf8_lossy(&body).into_owned()
     }
 
@@ -240,7 +249,10 @@ mod tests {
             let built = Dist::get("index.html").is_some();
             let body = text(response).await;
             if built {
-                assert!(body.contains(&format!("<base href=\"{base}/\"")), "{base}: {body}");
+                assert!(
+                    body.contains(&format!("<base href=\"{base}/\"")),
+                    "{base}: {body}"
+                );
             } else {
                 assert!(body.contains("cargo xtask build"), "{body}");
             }
@@ -258,7 +270,11 @@ mod tests {
         let app = app("/fmd");
         for uri in ["/", "/fmd", "/elsewhere"] {
             let response = get(&app, uri, &[]).await;
-            assert!(response.status().is_redirection(), "{uri}: {}", response.status());
+            assert!(
+                response.status().is_redirection(),
+                "{uri}: {}",
+                response.status()
+            );
             assert_eq!(response.headers()[header::LOCATION], "/fmd/", "{uri}");
         }
     }
@@ -266,7 +282,8 @@ mod tests {
     #[tokio::test]
     async fn hashed_assets_are_precompressed_cached_and_revalidated() {
         // Only meaningful with the UI built in (cargo xtask build does it before compiling).
-        let Some(asset) = Dist::iter().find(|p| p.starts_with("assets/") && p.ends_with(".js")) else {
+        let Some(asset) = Dist::iter().find(|p| p.starts_with("assets/") && p.ends_with(".js"))
+        else {
             eprintln!("skipping: web/dist was not built into this test binary");
             return;
         };
@@ -274,8 +291,14 @@ mod tests {
         let uri = format!("/{asset}");
         let plain = get(&app, &uri, &[]).await;
         assert_eq!(plain.status(), StatusCode::OK);
-        assert!(plain.headers()[header::CONTENT_TYPE].to_str().unwrap().contains("javascript"));
-        assert!(plain.headers()[header::CACHE_CONTROL].to_str().unwrap().contains("immutable"));
+        assert!(plain.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .contains("javascript"));
+        assert!(plain.headers()[header::CACHE_CONTROL]
+            .to_str()
+            .unwrap()
+            .contains("immutable"));
         assert!(plain.headers().get(header::CONTENT_ENCODING).is_none());
         let etag = plain.headers()[header::ETAG].to_str().unwrap().to_owned();
         let plain_len = text(plain).await.len();

@@ -75,7 +75,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/views/versions", get(views::versions))
         .route("/api/views/performance", get(views::performance))
         .route("/api/views/endpoint", get(views::endpoint))
-        .route("/api/views/profiled-requests", get(views::profiled_requests))
+        .route(
+            "/api/views/profiled-requests",
+            get(views::profiled_requests),
+        )
         .route("/api/views/reporting", get(views::reporting))
         .route("/api/views/profile-diff", get(views::profile_diff))
         .route("/api/views/database", get(views::database))

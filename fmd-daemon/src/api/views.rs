@@ -39,7 +39,11 @@ fn present(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn instant(param: &'static str, value: &Option<String>, now: Micros) -> Result<Option<Micros>, Error> {
+fn instant(
+    param: &'static str,
+    value: &Option<String>,
+    now: Micros,
+) -> Result<Option<Micros>, Error> {
     present(value)
         .map(|v| parse_instant(v, now).map_err(|source| Error::BadTime { param, source }))
         .transpose()
@@ -116,9 +120,15 @@ pub async fn hourly_load(
 }
 
 /// `GET /api/views/daily?since=&until=&tz=`: requests per endpoint per local day.
-pub async fn daily(State(state): State<AppState>, params: Params) -> Result<Json<views::Daily>, Error> {
+pub async fn daily(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<views::Daily>, Error> {
     let range = main_range(&parse(params)?, now_us())?;
-    state.query(move |conn| views::daily(conn, &range)).await.map(Json)
+    state
+        .query(move |conn| views::daily(conn, &range))
+        .await
+        .map(Json)
 }
 
 /// `GET /api/views/versions?since=&until=`: requests per endpoint and app version.
@@ -127,7 +137,10 @@ pub async fn versions(
     params: Params,
 ) -> Result<Json<views::VersionUse>, Error> {
     let range = main_range(&parse(params)?, now_us())?;
-    state.query(move |conn| views::versions(conn, &range)).await.map(Json)
+    state
+        .query(move |conn| views::versions(conn, &range))
+        .await
+        .map(Json)
 }
 
 /// `GET /api/views/performance?since=&until=`: duration box plots per endpoint.
@@ -168,7 +181,9 @@ pub async fn profiled_requests(
         None => 200,
         Some(v) => v
             .parse::<u64>()
-            .map_err(|_| Error::BadLimit { value: v.to_owned() })?
+            .map_err(|_| Error::BadLimit {
+                value: v.to_owned(),
+            })?
             .min(MAX_PROFILED),
     };
     state
@@ -259,11 +274,17 @@ mod tests {
         let (_dir, app) = app();
         let (status, body) = get(&app, &format!("/api/views/hourly-load?{RANGE}&tz=120")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["cells"], serde_json::json!([{ "day": "2026-11-23", "hour": 17, "hits": 20 }]));
+        assert_eq!(
+            body["cells"],
+            serde_json::json!([{ "day": "2026-11-23", "hour": 17, "hits": 20 }])
+        );
 
         let (_, body) = get(&app, &format!("/api/views/daily?{RANGE}")).await;
         assert_eq!(body["days"], serde_json::json!(["2026-11-23"]));
-        assert_eq!(body["series"], serde_json::json!([{ "endpoint": "item", "hits": [20] }]));
+        assert_eq!(
+            body["series"],
+            serde_json::json!([{ "endpoint": "item", "hits": [20] }])
+        );
 
         let (_, body) = get(&app, &format!("/api/views/performance?{RANGE}")).await;
         assert_eq!(body["endpoints"][0]["key"], "item");
@@ -274,10 +295,19 @@ mod tests {
 
         let (status, body) = get(&app, &format!("/api/views/endpoint?endpoint=item&{RANGE}")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let hits: u64 = body["hits"].as_array().expect("hits").iter().filter_map(serde_json::Value::as_u64).sum();
+        let hits: u64 = body["hits"]
+            .as_array()
+            .expect("hits")
+            .iter()
+            .filter_map(serde_json::Value::as_u64)
+            .sum();
         assert_eq!(hits, 20);
 
-        let (status, body) = get(&app, &format!("/api/views/profiled-requests?endpoint=item&{RANGE}")).await;
+        let (status, body) = get(
+            &app,
+            &format!("/api/views/profiled-requests?endpoint=item&{RANGE}"),
+        )
+        .await;
         assert_eq!((status, body), (StatusCode::OK, serde_json::json!([])));
 
         let (status, body) = get(
@@ -292,7 +322,9 @@ mod tests {
 
         let (status, body) = get(&app, "/api/views/database").await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert!(body["tables"].as_array().is_some_and(|t| t.iter().any(|t| t["table"] == "requests")));
+        assert!(body["tables"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["table"] == "requests")));
     }
 
     #[tokio::test]
@@ -302,7 +334,10 @@ mod tests {
             ("/api/views/hourly-load?tz=abc", "tz"),
             ("/api/views/hourly-load?tz=100000", "tz"),
             ("/api/views/daily?since=soon", "since"),
-            ("/api/views/daily?since=2026-11-24T00:00:00Z&until=2026-11-23T00:00:00Z", "before"),
+            (
+                "/api/views/daily?since=2026-11-24T00:00:00Z&until=2026-11-23T00:00:00Z",
+                "before",
+            ),
             ("/api/views/endpoint", "endpoint"),
             ("/api/views/reporting?a_since=1d", "a_until"),
             ("/api/views/profiled-requests?endpoint=x&limit=-1", "limit"),

@@ -133,7 +133,11 @@ mod tests {
             (2.0, 0.004_677_734_981_047_266),
             (-1.0, 1.842_700_792_949_715),
         ] {
-            assert!((erfc(x) - want).abs() < 2e-7 * want.max(1e-3), "erfc({x}) = {}", erfc(x));
+            assert!(
+                (erfc(x) - want).abs() < 2e-7 * want.max(1e-3),
+                "erfc({x}) = {}",
+                erfc(x)
+            );
         }
     }
 }

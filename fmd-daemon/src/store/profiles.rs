@@ -507,7 +507,10 @@ pub(super) fn stacks_of(conn: &Connection, profile_ids: &[i64]) -> Result<Vec<St
     Ok(out)
 }
 
-pub(super) fn frames_of(conn: &Connection, stacks: &[StackWeight]) -> Result<Vec<FrameInfo>, Error> {
+pub(super) fn frames_of(
+    conn: &Connection,
+    stacks: &[StackWeight],
+) -> Result<Vec<FrameInfo>, Error> {
     let mut ids: Vec<i64> = stacks
         .iter()
         .flat_map(|s| s.frames.iter().copied())

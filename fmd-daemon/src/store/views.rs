@@ -342,7 +342,11 @@ pub fn versions(conn: &Connection, range: &Range) -> Result<VersionUse, Error> {
     for (endpoint, version, hits, first) in rows {
         let seen = first_seen.entry(version.clone()).or_insert(first);
         *seen = (*seen).min(first);
-        *table.entry(endpoint).or_default().entry(version).or_default() += hits;
+        *table
+            .entry(endpoint)
+            .or_default()
+            .entry(version)
+            .or_default() += hits;
     }
     let mut versions: Vec<String> = first_seen.keys().cloned().collect();
     versions.sort_by_key(|v| (first_seen[v], v.clone()));
@@ -413,10 +417,16 @@ pub fn performance(conn: &Connection, range: &Range) -> Result<Performance, Erro
         ts(first_day),
         ts(last_day),
     ];
-    let mut stmt = conn.prepare(&query).map_err(sql("read duration histograms"))?;
+    let mut stmt = conn
+        .prepare(&query)
+        .map_err(sql("read duration histograms"))?;
     let rows = stmt
         .query_map(params_from_iter(values), |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i16>(1)?, r.get::<_, u64>(2)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i16>(1)?,
+                r.get::<_, u64>(2)?,
+            ))
         })
         .map_err(sql("read duration histograms"))?;
     let mut histograms: BTreeMap<String, Vec<(i16, u64)>> = BTreeMap::new();
@@ -434,7 +444,18 @@ pub fn performance(conn: &Connection, range: &Range) -> Result<Performance, Erro
 
 /// A bucket length giving at most about 120 buckets over `span_us`.
 fn step_for(span_us: Micros) -> Micros {
-    const STEPS_S: [i64; 10] = [60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400];
+    const STEPS_S: [i64; 10] = [
+        60,
+        300,
+        600,
+        900,
+        1800,
+        3600,
+        3 * 3600,
+        6 * 3600,
+        12 * 3600,
+        86400,
+    ];
     STEPS_S
         .iter()
         .map(|s| s * 1_000_000)
@@ -455,7 +476,9 @@ fn boxes_by(
          FROM requests WHERE endpoint = ? AND ts >= ? AND ts < ? AND {column} IS NOT NULL
          GROUP BY k ORDER BY n DESC, k LIMIT 20"
     );
-    let mut stmt = conn.prepare(&query).map_err(sql("read durations per group"))?;
+    let mut stmt = conn
+        .prepare(&query)
+        .map_err(sql("read durations per group"))?;
     let rows = stmt
         .query_map(
             params_from_iter([
@@ -481,7 +504,8 @@ fn boxes_by(
         .map_err(sql("read durations per group"))?;
     let mut out = Vec::new();
     for row in rows {
-        let (key, hits, q): (String, u64, Vec<f64>) = row.map_err(sql("read durations per group"))?;
+        let (key, hits, q): (String, u64, Vec<f64>) =
+            row.map_err(sql("read durations per group"))?;
         if let [min, p25, median, p75, p90, p99, max] = q[..] {
             out.push(BoxStats {
                 key,
@@ -500,7 +524,11 @@ fn boxes_by(
 }
 
 /// The endpoint page's charts over `range`.
-pub fn endpoint_view(conn: &Connection, range: &Range, endpoint: &str) -> Result<EndpointView, Error> {
+pub fn endpoint_view(
+    conn: &Connection,
+    range: &Range,
+    endpoint: &str,
+) -> Result<EndpointView, Error> {
     let step = step_for(range.until - range.since);
     let start = range.since - range.since.rem_euclid(step);
     let buckets = usize::try_from((range.until - start + step - 1) / step)
@@ -526,7 +554,11 @@ pub fn endpoint_view(conn: &Connection, range: &Range, endpoint: &str) -> Result
             .map_err(sql("read status codes over time"))?;
         let rows = stmt
             .query_map(params_from_iter(values.iter().cloned()), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, u16>(1)?, r.get::<_, u64>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u16>(1)?,
+                    r.get::<_, u64>(2)?,
+                ))
             })
             .map_err(sql("read status codes over time"))?;
         for row in rows {
@@ -547,7 +579,11 @@ pub fn endpoint_view(conn: &Connection, range: &Range, endpoint: &str) -> Result
             .map_err(sql("read durations over time"))?;
         let rows = stmt
             .query_map(params_from_iter(values.iter().cloned()), |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?, r.get::<_, f64>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, f64>(1)?,
+                    r.get::<_, f64>(2)?,
+                ))
             })
             .map_err(sql("read durations over time"))?;
         for row in rows {
@@ -694,7 +730,11 @@ pub fn reporting(conn: &Connection, a: &Range, b: &Range) -> Result<Report, Erro
             .map_err(sql("sample durations"))?;
         let rows = stmt
             .query_map(params_from_iter(values.iter().cloned()), |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i32>(1)?, r.get::<_, f64>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i32>(1)?,
+                    r.get::<_, f64>(2)?,
+                ))
             })
             .map_err(sql("sample durations"))?;
         for row in rows {
@@ -833,7 +873,8 @@ pub fn database_size(conn: &Connection) -> Result<DatabaseSize, Error> {
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
             .map_err(sql("list tables"))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(sql("list tables"))?
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sql("list tables"))?
     };
     let mut tables = Vec::new();
     for (table, rows) in names {
@@ -907,7 +948,13 @@ mod tests {
             let endpoint = if i % 3 == 0 { "b" } else { "a" };
             let ms = 5.0 + (i % 17) as f64 * 1.5 + if endpoint == "b" { 40.0 } else { 0.0 };
             let status = if i % 50 == 0 { 500 } else { 200 };
-            hits.push(hit(endpoint, ts, ms, status, if i % 4 == 0 { "10.0.0.1" } else { "10.0.0.2" }));
+            hits.push(hit(
+                endpoint,
+                ts,
+                ms,
+                status,
+                if i % 4 == 0 { "10.0.0.1" } else { "10.0.0.2" },
+            ));
         }
         let conn = store.connection();
         append_requests(conn, 1, 1, &hits[..300]).expect("append");
@@ -918,7 +965,8 @@ mod tests {
 
     fn in_range<'a>(hits: &'a [Request], range: &Range) -> impl Iterator<Item = &'a Request> + 'a {
         let (since, until) = (range.since, range.until);
-        hits.iter().filter(move |r| r.ts_us >= since && r.ts_us < until)
+        hits.iter()
+            .filter(move |r| r.ts_us >= since && r.ts_us < until)
     }
 
     #[test]
@@ -931,11 +979,15 @@ mod tests {
                 until: at("2026-12-01T18:00:00Z"),
                 tz_minutes,
             };
-            let got = hourly_load(store.connection(), &range, None).expect("load").cells;
+            let got = hourly_load(store.connection(), &range, None)
+                .expect("load")
+                .cells;
             let mut expect: BTreeMap<(String, u8), u64> = BTreeMap::new();
             for r in in_range(&hits, &range) {
                 let hour = r.ts_us - r.ts_us.rem_euclid(HOUR_US);
-                *expect.entry(local_day_hour(hour, range.tz_us())).or_default() += 1;
+                *expect
+                    .entry(local_day_hour(hour, range.tz_us()))
+                    .or_default() += 1;
             }
             let expect: Vec<HourCell> = expect
                 .into_iter()
@@ -943,10 +995,15 @@ mod tests {
                 .collect();
             assert_eq!(got, expect, "tz {tz_minutes}");
             let one = hourly_load(store.connection(), &range, Some("b")).expect("load");
-            let b = in_range(&hits, &range).filter(|r| r.endpoint.as_deref() == Some("b")).count();
+            let b = in_range(&hits, &range)
+                .filter(|r| r.endpoint.as_deref() == Some("b"))
+                .count();
             assert_eq!(one.cells.iter().map(|c| c.hits).sum::<u64>(), b as u64);
         }
-        assert_eq!(local_day_hour(at("2026-11-30T23:30:00Z"), 60 * 60_000_000), ("2026-12-01".into(), 0));
+        assert_eq!(
+            local_day_hour(at("2026-11-30T23:30:00Z"), 60 * 60_000_000),
+            ("2026-12-01".into(), 0)
+        );
     }
 
     #[test]
@@ -958,13 +1015,25 @@ mod tests {
             tz_minutes: 0,
         };
         let got = daily(store.connection(), &range).expect("daily");
-        assert_eq!(got.days, ["2026-11-28", "2026-11-29", "2026-11-30", "2026-12-01"]);
-        assert_eq!(got.series.iter().map(|s| s.endpoint.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            got.days,
+            ["2026-11-28", "2026-11-29", "2026-11-30", "2026-12-01"]
+        );
+        assert_eq!(
+            got.series
+                .iter()
+                .map(|s| s.endpoint.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         for s in &got.series {
             for (i, day) in got.days.iter().enumerate() {
                 let expect = hits
                     .iter()
-                    .filter(|r| r.endpoint.as_deref() == Some(&s.endpoint) && local_day_hour(r.ts_us, 0).0 == *day)
+                    .filter(|r| {
+                        r.endpoint.as_deref() == Some(&s.endpoint)
+                            && local_day_hour(r.ts_us, 0).0 == *day
+                    })
                     .count();
                 assert_eq!(s.hits[i], expect as u64, "{} {day}", s.endpoint);
             }
@@ -979,7 +1048,11 @@ mod tests {
             ("2026-11-29T13:17:00Z", "2026-12-01T09:41:00Z"),
             ("2026-11-30T02:00:00Z", "2026-11-30T05:00:00Z"),
         ] {
-            let range = Range { since: at(since), until: at(until), tz_minutes: 0 };
+            let range = Range {
+                since: at(since),
+                until: at(until),
+                tz_minutes: 0,
+            };
             let got = performance(store.connection(), &range).expect("performance");
             assert_eq!(got.endpoints.len(), 2, "{since}");
             for b in &got.endpoints {
@@ -988,8 +1061,19 @@ mod tests {
                     .map(|r| r.duration_ns as f64 / 1e6)
                     .collect();
                 assert_eq!(b.hits, durations.len() as u64, "{} {since}", b.key);
-                for (got, q) in [(b.min_ms, 0.0), (b.p25_ms, 0.25), (b.median_ms, 0.5), (b.p90_ms, 0.9), (b.max_ms, 1.0)] {
-                    close(Some(got), exact_quantile(&durations, q), 0.01 + 1e-9, &format!("{} q{q}", b.key));
+                for (got, q) in [
+                    (b.min_ms, 0.0),
+                    (b.p25_ms, 0.25),
+                    (b.median_ms, 0.5),
+                    (b.p90_ms, 0.9),
+                    (b.max_ms, 1.0),
+                ] {
+                    close(
+                        Some(got),
+                        exact_quantile(&durations, q),
+                        0.01 + 1e-9,
+                        &format!("{} q{q}", b.key),
+                    );
                 }
             }
         }
@@ -998,7 +1082,11 @@ mod tests {
     #[test]
     fn versions_wait_for_a_version_column() {
         let (_dir, store, _) = fixture();
-        let range = Range { since: 0, until: at("2027-01-01T00:00:00Z"), tz_minutes: 0 };
+        let range = Range {
+            since: 0,
+            until: at("2027-01-01T00:00:00Z"),
+            tz_minutes: 0,
+        };
         let got = versions(store.connection(), &range).expect("versions");
         assert_eq!((got.column, got.rows.len()), (None, 0));
         // Once the column exists (the versions work adds it), each endpoint is split per version.
@@ -1029,21 +1117,46 @@ mod tests {
         let got = endpoint_view(store.connection(), &range, "a").expect("view");
         assert_eq!(got.step_s, 900, "a day in 15-minute buckets");
         assert_eq!(got.times.len(), 96);
-        let mine: Vec<&Request> = in_range(&hits, &range).filter(|r| r.endpoint.as_deref() == Some("a")).collect();
+        let mine: Vec<&Request> = in_range(&hits, &range)
+            .filter(|r| r.endpoint.as_deref() == Some("a"))
+            .collect();
         assert_eq!(got.hits.iter().sum::<u64>(), mine.len() as u64);
-        let errors: u64 = got.status.iter().filter(|s| s.class == "5xx").flat_map(|s| s.hits.iter()).sum();
-        assert_eq!(errors, mine.iter().filter(|r| r.status >= 500).count() as u64);
+        let errors: u64 = got
+            .status
+            .iter()
+            .filter(|s| s.class == "5xx")
+            .flat_map(|s| s.hits.iter())
+            .sum();
+        assert_eq!(
+            errors,
+            mine.iter().filter(|r| r.status >= 500).count() as u64
+        );
         // The median of the first non-empty bucket, exactly.
-        let first = got.hits.iter().position(|h| *h > 0).expect("a bucket with requests");
+        let first = got
+            .hits
+            .iter()
+            .position(|h| *h > 0)
+            .expect("a bucket with requests");
         let bucket_start = range.since + first as i64 * 900_000_000;
         let durations: Vec<f64> = mine
             .iter()
             .filter(|r| r.ts_us >= bucket_start && r.ts_us < bucket_start + 900_000_000)
             .map(|r| r.duration_ns as f64 / 1e6)
             .collect();
-        close(got.median_ms[first], exact_quantile(&durations, 0.5), 1e-9, "median");
-        assert_eq!(got.by_ip.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(), ["10.0.0.2", "10.0.0.1"]);
-        assert_eq!(got.by_ip.iter().map(|b| b.hits).sum::<u64>(), mine.len() as u64);
+        close(
+            got.median_ms[first],
+            exact_quantile(&durations, 0.5),
+            1e-9,
+            "median",
+        );
+        assert_eq!(
+            got.by_ip.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(),
+            ["10.0.0.2", "10.0.0.1"]
+        );
+        assert_eq!(
+            got.by_ip.iter().map(|b| b.hits).sum::<u64>(),
+            mine.len() as u64
+        );
         assert!(got.by_version.is_none());
     }
 
@@ -1057,19 +1170,60 @@ mod tests {
         for i in 0..200_i64 {
             let jitter = (i % 13) as f64;
             // `slow` doubles from A to B; `same` keeps its distribution; `new` exists only in B.
-            hits.push(hit("slow", a_start + i * 60_000_000, 10.0 + jitter, 200, "1.1.1.1"));
-            hits.push(hit("slow", b_start + i * 60_000_000, 20.0 + 2.0 * jitter, 200, "1.1.1.1"));
-            hits.push(hit("same", a_start + i * 60_000_000 + 1, 30.0 + jitter, 200, "1.1.1.1"));
-            hits.push(hit("same", b_start + i * 60_000_000 + 1, 30.0 + (12 - i % 13) as f64, if i < 20 { 503 } else { 200 }, "1.1.1.1"));
-            hits.push(hit("new", b_start + i * 60_000_000 + 2, 1.0, 200, "1.1.1.1"));
+            hits.push(hit(
+                "slow",
+                a_start + i * 60_000_000,
+                10.0 + jitter,
+                200,
+                "1.1.1.1",
+            ));
+            hits.push(hit(
+                "slow",
+                b_start + i * 60_000_000,
+                20.0 + 2.0 * jitter,
+                200,
+                "1.1.1.1",
+            ));
+            hits.push(hit(
+                "same",
+                a_start + i * 60_000_000 + 1,
+                30.0 + jitter,
+                200,
+                "1.1.1.1",
+            ));
+            hits.push(hit(
+                "same",
+                b_start + i * 60_000_000 + 1,
+                30.0 + (12 - i % 13) as f64,
+                if i < 20 { 503 } else { 200 },
+                "1.1.1.1",
+            ));
+            hits.push(hit(
+                "new",
+                b_start + i * 60_000_000 + 2,
+                1.0,
+                200,
+                "1.1.1.1",
+            ));
         }
         append_requests(store.connection(), 1, 1, &hits).expect("append");
-        let a = Range { since: a_start, until: b_start, tz_minutes: 0 };
-        let b = Range { since: b_start, until: b_start + 86_400_000_000, tz_minutes: 0 };
+        let a = Range {
+            since: a_start,
+            until: b_start,
+            tz_minutes: 0,
+        };
+        let b = Range {
+            since: b_start,
+            until: b_start + 86_400_000_000,
+            tz_minutes: 0,
+        };
         let report = reporting(store.connection(), &a, &b).expect("report");
         let row = |e: &str| report.rows.iter().find(|r| r.endpoint == e).expect(e);
         let slow = row("slow");
-        assert!(slow.significant && slow.change.as_deref() == Some("slower"), "{slow:?}");
+        assert!(
+            slow.significant && slow.change.as_deref() == Some("slower"),
+            "{slow:?}"
+        );
         assert!(slow.p_value.expect("p") < 1e-6);
         assert_eq!((slow.a.hits, slow.b.hits), (200, 200));
         close(slow.a.median_ms, Some(16.0), 1e-9, "median A");
@@ -1130,32 +1284,65 @@ mod tests {
             .collect();
         let mut dedup = Dedup::load(conn).expect("dedup");
         append_profiles(conn, &mut dedup, &records).expect("profiles");
-        let a = Range { since: at("2026-11-29T00:00:00Z"), until: split, tz_minutes: 0 };
-        let b = Range { since: split, until: at("2026-12-02T00:00:00Z"), tz_minutes: 0 };
+        let a = Range {
+            since: at("2026-11-29T00:00:00Z"),
+            until: split,
+            tz_minutes: 0,
+        };
+        let b = Range {
+            since: split,
+            until: at("2026-12-02T00:00:00Z"),
+            tz_minutes: 0,
+        };
         let diff = profile_diff(conn, "a", &a, &b).expect("diff");
         assert!(diff.a_requests > 0 && diff.b_requests > 0);
         // `work` and its caller's line (inclusive time) grew by 6 ms: they lead.
-        close(Some(diff.lines[0].delta_ms), Some(6.0), 1e-9, "largest increase");
-        let work = diff.lines.iter().find(|l| l.frame.function == "work").expect("work");
+        close(
+            Some(diff.lines[0].delta_ms),
+            Some(6.0),
+            1e-9,
+            "largest increase",
+        );
+        let work = diff
+            .lines
+            .iter()
+            .find(|l| l.frame.function == "work")
+            .expect("work");
         close(Some(work.a_ms), Some(4.0), 1e-9, "work A");
         close(Some(work.b_ms), Some(10.0), 1e-9, "work B");
         assert!(diff.lines[..2].iter().any(|l| l.frame.function == "work"));
-        let steady = diff.lines.iter().find(|l| l.frame.line == 10).expect("view line 10");
+        let steady = diff
+            .lines
+            .iter()
+            .find(|l| l.frame.line == 10)
+            .expect("view line 10");
         close(Some(steady.delta_ms), Some(0.0), 1e-9, "view");
 
         let profiled = profiled_requests(conn, &b, "a", 5).expect("profiled");
         assert_eq!(profiled.len(), 5);
-        assert!(profiled.windows(2).all(|w| w[0].ts >= w[1].ts), "newest first");
-        assert!(profiled_requests(conn, &b, "b", 5).expect("none").is_empty());
+        assert!(
+            profiled.windows(2).all(|w| w[0].ts >= w[1].ts),
+            "newest first"
+        );
+        assert!(profiled_requests(conn, &b, "b", 5)
+            .expect("none")
+            .is_empty());
     }
 
     #[test]
     fn database_size_names_each_kind() {
         let (_dir, store, _) = fixture();
-        store.connection().execute_batch("CHECKPOINT").expect("checkpoint");
+        store
+            .connection()
+            .execute_batch("CHECKPOINT")
+            .expect("checkpoint");
         let size = database_size(store.connection()).expect("size");
         assert!(size.total_bytes > 0);
-        let requests = size.tables.iter().find(|t| t.table == "requests").expect("requests");
+        let requests = size
+            .tables
+            .iter()
+            .find(|t| t.table == "requests")
+            .expect("requests");
         assert_eq!((requests.kind.as_str(), requests.rows), ("requests", 600));
         assert!(requests.bytes > 0);
         assert!(size.tables.iter().any(|t| t.kind == "rollups"));
