@@ -37,6 +37,8 @@ pub struct Config {
     pub db: PathBuf,
     /// Address of the HTTP API, dashboard and metrics.
     pub listen: SocketAddr,
+    /// URL prefix of the dashboard and API behind a reverse proxy ("/fmd"); "" serves them at the root.
+    pub base_path: String,
     pub capture: CaptureConfig,
     pub profiler: ProfilerConfig,
     /// A fixed application version for every request (Flask-MonitoringDashboard's `APP_VERSION`).
@@ -68,6 +70,8 @@ impl Default for Config {
             db: PathBuf::from(DEFAULT_DB),
             // Loopback only: the API shows request details and must not be exposed by accident.
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            // At the root, as when nothing sits in front of the daemon.
+            base_path: String::new(),
             capture: CaptureConfig::default(),
             profiler: ProfilerConfig::default(),
             // Neither: the commit of the app's git checkout, when there is one.
@@ -210,6 +214,15 @@ impl Config {
                 reason: "must be a positive number".into(),
             });
         }
+        if !valid_base_path(&self.base_path) {
+            return Err(Error::Invalid {
+                key: "base_path",
+                reason: format!(
+                    "{:?} must be empty or a path like /fmd (a leading /, no trailing /, no ?, # or spaces)",
+                    self.base_path
+                ),
+            });
+        }
         if self.db.as_os_str().is_empty() {
             return Err(Error::Invalid {
                 key: "db",
@@ -217,6 +230,27 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// A base path as [`Config::base_path`] takes it, after [`normalize_base_path`].
+fn valid_base_path(base: &str) -> bool {
+    base.is_empty()
+        || (base.starts_with('/')
+            && !base.ends_with('/')
+            && !base.contains("//")
+            && !base.contains(|c: char| {
+                c.is_whitespace() || matches!(c, '?' | '#' | '"' | '<' | '>' | '\\')
+            }))
+}
+
+/// "/fmd/" and "fmd" mean "/fmd"; "/" means the root.
+pub fn normalize_base_path(base: &str) -> String {
+    let trimmed = base.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
     }
 }
 
@@ -278,6 +312,24 @@ mod tests {
         assert_eq!(c.default_level(), 1);
         c.monitor_level = Some(0);
         assert_eq!(c.default_level(), 0);
+    }
+
+    #[test]
+    fn base_paths() {
+        for (input, normal, valid) in [
+            ("", "", true),
+            ("/", "", true),
+            ("/fmd", "/fmd", true),
+            ("fmd/", "/fmd", true),
+            ("/tools/fmd/", "/tools/fmd", true),
+            ("/a b", "/a b", false),
+            ("/x?y", "/x?y", false),
+            ("/a//b", "/a//b", false),
+        ] {
+            let got = normalize_base_path(input);
+            assert_eq!(got, normal, "{input:?}");
+            assert_eq!(valid_base_path(&got), valid, "{input:?}");
+        }
     }
 
     #[test]

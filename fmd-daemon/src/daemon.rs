@@ -110,18 +110,13 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         })?;
     let listen = listener.local_addr()?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = api::assets::mount(api::router(api_state), &config.base_path);
     let server = tokio::spawn(
         async move {
             let shutdown = async {
                 let _ = api_stopped.await;
             };
-            api::server::serve(
-                listener,
-                api::router(api_state),
-                api::server::Limits::default(),
-                shutdown,
-            )
-            .await;
+            api::server::serve(listener, app, api::server::Limits::default(), shutdown).await;
         }
         .instrument(info_span!("api")),
     );
@@ -139,7 +134,12 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     if let Err(e) = registration.write(&store::runtime_dir()) {
         warn!(error = %e, "`fmd-daemon query` will need --db to find this daemon");
     }
-    info!(%listen, db = %config.db.display(), "attached; dashboard and API at http://{listen}/");
+    info!(
+        %listen,
+        db = %config.db.display(),
+        "attached; dashboard and API at http://{listen}{}/",
+        config.base_path
+    );
 
     let limits = Limits {
         keep_head: config.capture.keep_head_bytes,

@@ -63,6 +63,9 @@ struct RunArgs {
     /// Address of the dashboard, JSON API and metrics [default: 127.0.0.1:9876].
     #[arg(long, env = "FMD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// URL prefix of the dashboard and API behind a reverse proxy, e.g. /fmd [default: none].
+    #[arg(long, env = "FMD_BASE_PATH")]
+    base_path: Option<String>,
     /// Python stack samples per second per busy thread; 0 turns the profiler off [default: 100].
     #[arg(long, env = "FMD_SAMPLE_HZ")]
     sample_hz: Option<u64>,
@@ -193,6 +196,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(base) = args.base_path {
+        config.base_path = base;
+    }
+    config.base_path = fmd_daemon::config::normalize_base_path(&config.base_path);
     if let Some(hz) = args.sample_hz {
         config.profiler.sample_hz = hz;
     }

@@ -1,14 +1,17 @@
-//! The release build: BPF programs (through fmd-daemon's build script) and the daemon binary.
+//! The release build: the dashboard bundle (web/dist, embedded by the daemon), BPF programs (through
+//! fmd-daemon's build script) and the daemon binary.
 
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Result};
 
-use crate::{command, paths, setup};
+use crate::{command, paths, setup, web};
 
 /// Builds `target/release/fmd-daemon` and returns its path.
 pub fn release() -> Result<PathBuf> {
     setup::build_tools()?;
+    // Before cargo: rust-embed reads web/dist when fmd-daemon compiles.
+    web::build()?;
     command::run(
         Command::new("cargo")
             .args(["build", "--release", "--package", "fmd-daemon"])

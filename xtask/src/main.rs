@@ -10,6 +10,7 @@ mod paths;
 mod python;
 mod setup;
 mod test;
+mod web;
 
 use clap::{Parser, Subcommand};
 
@@ -25,7 +26,8 @@ enum Command {
     /// Install what building and testing need: rust-src and bpf-linker for the BPF build, libduckdb, the
     /// Python venvs of the test matrix, Debian packages.
     Setup,
-    /// Build the BPF programs and the daemon in release mode into target/release/fmd-daemon.
+    /// Build the dashboard (web/dist) and then the BPF programs and the daemon, which embeds it, in release
+    /// mode into target/release/fmd-daemon.
     Build,
     /// Run every test: unit tests, then the end-to-end suite against real gunicorn workers (needs root).
     Test(test::Args),

@@ -1,12 +1,13 @@
 //! Installs what fmd's build and tests need on a fresh machine, each step skipped when already done:
 //! rust-src and bpf-linker (the BPF build, per ../shared/notes/bpf-toolchain.md), DuckDB's shared library,
-//! Debian packages, and the Python venvs of the test matrix.
+//! Debian packages (chromium for the browser tests), Node.js's presence (the dashboard build), and the Python
+//! venvs of the test matrix.
 
 use std::{fs, path::Path, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{command, paths, python};
+use crate::{command, paths, python, web};
 
 /// DuckDB release whose C API the `duckdb` crate (=1.10506.1) is built for.
 pub const DUCKDB_VERSION: &str = "1.5.6";
@@ -14,10 +15,11 @@ pub const DUCKDB_VERSION: &str = "1.5.6";
 const DUCKDB_NPM_PACKAGE: &str = "@duckdb/node-bindings-linux-x64@1.5.6-r.1";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo use.
-const DEBIAN_PACKAGES: &[&str] = &["python3.11", "python3.11-venv", "curl"];
+const DEBIAN_PACKAGES: &[&str] = &["python3.11", "python3.11-venv", "curl", "chromium"];
 
 pub fn all() -> Result<()> {
     build_tools()?;
+    web::install()?;
     debian(DEBIAN_PACKAGES)?;
     // The version tests commit to git repositories; any git on PATH will do.
     if !command::exists("git") {

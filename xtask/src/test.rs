@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::{build, command, paths, python, setup};
+use crate::{build, command, paths, python, setup, web};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,6 +25,7 @@ pub fn run(args: &Args) -> Result<()> {
             .args(["test", "--release"])
             .current_dir(paths::workspace()),
     )?;
+    web::test()?;
     if args.unit_only {
         return Ok(());
     }
@@ -34,6 +35,7 @@ pub fn run(args: &Args) -> Result<()> {
         .args(args.filter.iter())
         .env("FMD_DAEMON", &daemon)
         .env("FMD_VENVS", python::venvs_dir())
+        .env("FMD_WEB_DIR", web::dir())
         .current_dir(paths::workspace());
     command::run(&mut e2e)
 }

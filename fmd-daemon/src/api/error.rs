@@ -35,6 +35,8 @@ pub enum Error {
     BadFlag { param: &'static str, value: String },
     #[error("bad level: {reason} (send JSON {{\"level\": 0, 1, 2 or 3}})")]
     BadLevel { reason: String },
+    #[error("bad query parameter {param}: {reason}")]
+    BadParam { param: &'static str, reason: String },
     #[error("missing query parameter {param}")]
     MissingParam { param: &'static str },
     #[error("no {what}")]
@@ -60,7 +62,8 @@ impl Error {
             | Self::BadFormat { .. }
             | Self::BadFlag { .. }
             | Self::BadLevel { .. }
-            | Self::MissingParam { .. } => StatusCode::BAD_REQUEST,
+            | Self::MissingParam { .. }
+            | Self::BadParam { .. } => StatusCode::BAD_REQUEST,
             // A path segment that does not parse (`/api/requests/abc/profile`) names nothing.
             Self::BadPath(rejection) => rejection.status(),
             Self::NotFound { .. } => StatusCode::NOT_FOUND,

@@ -1,16 +1,17 @@
 //! The daemon's HTTP API: JSON under `/api/` over what `store` holds. Reads `store` only; never calls into
 //! `capture`.
 
+pub mod assets;
 mod endpoints;
 mod error;
 mod exceptions;
 mod json_errors;
 mod outliers;
-mod overview;
 mod profiles;
 mod requests;
 pub mod server;
 mod versions;
+mod views;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -87,10 +88,9 @@ impl AppState {
 }
 
 /// The API routes, with a request span on every call, bounded in time and body size, every `/api/` error
-/// as JSON (`server::bounded`). The lead merges the web UI's routes onto it.
+/// as JSON (`server::bounded`); [`assets::mount`] adds the dashboard and the base path.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
-        .route("/", get(overview::page))
         .route("/api/requests", get(requests::requests))
         .route("/api/endpoints", get(endpoints::endpoints))
         .route("/api/stats", get(requests::stats))
@@ -110,7 +110,20 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/endpoints/{endpoint}/level",
             get(outliers::get_level).put(outliers::set_level),
-        );
+        )
+        // The dashboard's views (api/views.rs).
+        .route("/api/views/hourly-load", get(views::hourly_load))
+        .route("/api/views/daily", get(views::daily))
+        .route("/api/views/versions", get(views::versions))
+        .route("/api/views/performance", get(views::performance))
+        .route("/api/views/endpoint", get(views::endpoint))
+        .route(
+            "/api/views/profiled-requests",
+            get(views::profiled_requests),
+        )
+        .route("/api/views/reporting", get(views::reporting))
+        .route("/api/views/profile-diff", get(views::profile_diff))
+        .route("/api/views/database", get(views::database));
     server::bounded(routes, server::Limits::default())
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -13,6 +13,7 @@ pub mod levels;
 pub mod outliers;
 pub mod memory;
 pub mod file_modes;
+mod mann_whitney;
 pub mod profiles;
 mod registry;
 mod requests;
@@ -21,6 +22,7 @@ pub mod schema;
 mod stats;
 pub mod time;
 pub mod versions;
+pub mod views;
 mod writer;
 
 use std::{

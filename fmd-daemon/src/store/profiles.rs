@@ -531,7 +531,7 @@ fn fold_server(stacks: &mut [StackWeight], frames: Vec<FrameInfo>) -> Vec<FrameI
 }
 
 /// The stacks of the given profiles; `request` holds the profile id.
-fn stacks_of(conn: &Connection, profile_ids: &[i64]) -> Result<Vec<StackWeight>, Error> {
+pub(super) fn stacks_of(conn: &Connection, profile_ids: &[i64]) -> Result<Vec<StackWeight>, Error> {
     if profile_ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -570,7 +570,10 @@ fn stacks_of(conn: &Connection, profile_ids: &[i64]) -> Result<Vec<StackWeight>,
     Ok(out)
 }
 
-fn frames_of(conn: &Connection, stacks: &[StackWeight]) -> Result<Vec<FrameInfo>, Error> {
+pub(super) fn frames_of(
+    conn: &Connection,
+    stacks: &[StackWeight],
+) -> Result<Vec<FrameInfo>, Error> {
     let mut ids: Vec<i64> = stacks
         .iter()
         .flat_map(|s| s.frames.iter().copied())
