@@ -102,13 +102,20 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
             )
         })?;
     let listen = listener.local_addr()?;
+    // Before the daemon file announces us: the CLI reads the local credential right after it.
+    api::auth::prepare(&api_state, &config.db, &format!("http://{listen}"), "")
+        .await
+        .context("cannot set up dashboard authentication")?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         async move {
             let shutdown = async {
                 let _ = api_stopped.await;
             };
-            axum::serve(listener, api::router(api_state))
+            // The client's address: login attempts are rate-limited per address.
+            let app = api::router(api_state)
+                .into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -168,6 +175,7 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
     let _ = server.await;
     let _ = writer_thread.join();
     DaemonFile::remove(&config.db)?;
+    crate::security::LocalToken::remove(&config.db)?;
     let report = report?;
     info!(
         rows = report.rows_written,

@@ -10,4 +10,5 @@ pub mod flask;
 pub mod profile;
 pub mod python;
 pub mod request;
+pub mod security;
 pub mod store;

@@ -1,6 +1,7 @@
 //! The daemon's HTTP API: JSON under `/api/` over what `store` holds. Reads `store` only; never calls into
 //! `capture`.
 
+pub mod auth;
 mod endpoints;
 mod error;
 mod overview;
@@ -20,13 +21,20 @@ pub use self::error::Error;
 #[derive(Clone)]
 pub struct AppState {
     db: Arc<Mutex<Connection>>,
+    auth: Arc<auth::Auth>,
 }
 
 impl AppState {
     /// `db` comes from [`crate::store::Store::reader`] (taken before the store moves to the writer).
     pub fn new(db: Connection) -> Self {
+        let auth = auth::Auth::default();
+        // In tests every router accepts one known local credential (test_support::LOCAL_TOKEN); the
+        // daemon sets a random one from `<db>.token` (auth::prepare).
+        #[cfg(test)]
+        auth.set_local_token(test_support::LOCAL_TOKEN.to_owned());
         Self {
             db: Arc::new(Mutex::new(db)),
+            auth: Arc::new(auth),
         }
     }
 
@@ -69,6 +77,13 @@ pub fn router(state: AppState) -> Router {
             get(profiles::endpoint_grouped),
         )
         .route("/api/paths/grouped-profile", get(profiles::path_grouped))
+        // Sessions, login and accounts; the guard stays the last layer before tracing so it covers
+        // every route and the fallback above it (auth::tests checks every route in this module).
+        .merge(auth::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -84,9 +99,15 @@ pub(crate) mod test_support {
     };
     use tower::ServiceExt as _;
 
-    /// GETs `uri`: the status and the body as text.
+    /// The local credential of every test router (`AppState::new` under `cfg(test)`).
+    pub const LOCAL_TOKEN: &str = "local-token-of-the-tests";
+
+    /// GETs `uri` with the local credential: the status and the body as text.
     pub async fn get_text(app: &Router, uri: &str) -> (StatusCode, String) {
-        let request = Request::get(uri).body(Body::empty()).expect("request");
+        let request = Request::get(uri)
+            .header("authorization", format!("Bearer {LOCAL_TOKEN}"))
+            .body(Body::empty())
+            .expect("request");
         let response = app.clone().oneshot(request).await.expect("response");
         let status = response.status();
         let body = to_bytes(response.into_body(), usize::MAX)

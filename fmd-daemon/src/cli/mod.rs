@@ -4,6 +4,7 @@
 mod endpoints;
 mod profile;
 mod query;
+mod users;
 
 pub use self::{
     endpoints::{describe_endpoints, write_endpoints},
@@ -11,4 +12,5 @@ pub use self::{
         run_query, write_requests, write_stats, Format, QueryArgs, QueryCommand, RequestsArgs,
         DEFAULT_DB,
     },
+    users::{run_user, UserArgs},
 };

@@ -46,7 +46,7 @@ impl Source {
         match self {
             Self::File(store) => Ok(store::profiles::request_profile(store.connection(), id)?),
             Self::Daemon { listen, db } => {
-                match fetch::<RequestProfile>(*listen, &format!("/api/requests/{id}/profile"), &[])
+                match fetch::<RequestProfile>(*listen, db, &format!("/api/requests/{id}/profile"), &[])
                 {
                     Ok(Fetched::Got(p)) => Ok(Some(p)),
                     Ok(Fetched::Unreachable(e)) => Self::fallback(db, &e)?.request_profile(id),
@@ -74,12 +74,14 @@ impl Source {
                         );
                         fetch(
                             *listen,
+                            db,
                             &format!("/api/endpoints/{e}/grouped-profile"),
                             &[n_param],
                         )?
                     }
                     ProfileKey::Path(p) => fetch(
-                        *listen,
+                            *listen,
+                        db,
                         "/api/paths/grouped-profile",
                         &[n_param, ("path", p.clone())],
                     )?,

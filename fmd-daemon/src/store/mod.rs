@@ -14,6 +14,7 @@ pub mod rollup;
 pub mod schema;
 mod stats;
 pub mod time;
+pub mod users;
 mod writer;
 
 use std::{

@@ -79,6 +79,8 @@ const MIGRATIONS: &[&str] = &[
     super::profiles::MIGRATION,
     // 4: per-endpoint rollups of the requests (store/rollup.rs).
     super::rollup::MIGRATION,
+    // 5: dashboard accounts (store/users.rs).
+    super::users::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -175,7 +177,8 @@ mod tests {
                 "profiled_requests",
                 "requests",
                 "rollup_state",
-                "schema_version"
+                "schema_version",
+                "users"
             ]
         );
     }
