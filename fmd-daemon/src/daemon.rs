@@ -109,6 +109,10 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
             )
         })?;
     let listen = listener.local_addr()?;
+    // Before the daemon file announces us: the CLI reads the local credential right after it.
+    api::auth::prepare(&api_state, &config.db, &format!("http://{listen}"), &config.base_path)
+        .await
+        .context("cannot set up dashboard authentication")?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::assets::mount(api::router(api_state), &config.base_path);
     let server = tokio::spawn(
@@ -208,6 +212,7 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         warn!(error = %e, "cannot unregister the daemon");
     }
     DaemonFile::remove(&config.db)?;
+    crate::security::LocalToken::remove(&config.db)?;
     let report = report?;
     info!(
         rows = report.rows_written,

@@ -14,5 +14,6 @@ pub mod outliers;
 pub mod profile;
 pub mod python;
 pub mod request;
+pub mod security;
 pub mod store;
 pub mod version;

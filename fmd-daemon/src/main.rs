@@ -43,6 +43,9 @@ enum Command {
     /// Bring a database up to date: apply pending schema migrations and roll up stored requests (the
     /// daemon does this itself when it starts; this is for files filled or copied by other tools).
     Migrate(MigrateArgs),
+    /// Dashboard accounts: `user add NAME [--admin]`, `user list`, `user remove NAME` (through the
+    /// running daemon, or in the stopped store).
+    User(cli::UserArgs),
 }
 
 #[derive(Args)]
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
             init_logging(cli.run.verbose, cli.run.log_format);
             check()
         }
+        Some(Command::User(args)) => cli::run_user(args),
         Some(Command::Migrate(args)) => {
             init_logging(cli.run.verbose, cli.run.log_format);
             migrate(&args.db)

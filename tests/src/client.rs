@@ -118,6 +118,18 @@ pub struct Answer {
     pub latency: Duration,
     /// The server will close the connection (or did).
     pub closed: bool,
+    /// Response headers, names in lowercase, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    /// The first header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 pub struct Conn {
@@ -233,6 +245,7 @@ impl Conn {
             body,
             latency: start.elapsed(),
             closed,
+            headers,
         })
     }
 

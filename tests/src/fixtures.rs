@@ -278,6 +278,16 @@ impl Daemon {
     }
 
     pub fn start_with(pid: u32, db: &Path, extra: &[&str]) -> Self {
+        Self::spawn(pid, db, extra, Stdio::inherit())
+    }
+
+    /// Like [`Daemon::start`] on `db`, with its stderr (logs and the first-start setup link) in `log`.
+    pub fn start_logged(pid: u32, db: &Path, log: &Path) -> Self {
+        let file = std::fs::File::create(log).expect("create the daemon's log");
+        Self::spawn(pid, db, &[], Stdio::from(file))
+    }
+
+    fn spawn(pid: u32, db: &Path, extra: &[&str], stderr: Stdio) -> Self {
         let listen = format!("127.0.0.1:{}", free_port());
         let child = Command::new(daemon_binary())
             .arg("--pid")
@@ -287,6 +297,7 @@ impl Daemon {
             .args(["--listen", &listen])
             .args(extra)
             .env("RUST_LOG", "fmd_daemon=debug")
+            .stderr(stderr)
             .spawn()
             .expect("start fmd-daemon");
         let daemon = Self {
@@ -322,6 +333,27 @@ impl Daemon {
             let status = child.wait().expect("wait for fmd-daemon");
             assert!(status.success(), "fmd-daemon exited with {status}");
         }
+    }
+
+    /// The daemon's local credential (`<db>.token`, written at its start).
+    pub fn token(&self) -> String {
+        let mut name = self.db.clone().into_os_string();
+        name.push(".token");
+        std::fs::read_to_string(PathBuf::from(name))
+            .expect("the daemon's local credential")
+            .trim()
+            .to_owned()
+    }
+
+    /// Sends `req` to the daemon's API with its local credential (an admin, no CSRF token needed).
+    pub fn api(&self, req: &crate::client::Req) -> crate::client::Answer {
+        let req = req
+            .clone()
+            .header("Authorization", &format!("Bearer {}", self.token()))
+            .closing();
+        crate::client::Conn::tcp(&self.listen)
+            .and_then(|mut c| c.send(&req))
+            .expect("call the daemon's API")
     }
 
     /// `fmd-daemon query <what> --db <db> --format json <args>`: one JSON value per output line.

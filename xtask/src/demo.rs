@@ -177,14 +177,14 @@ fn request(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<
 }
 
 fn print_guide(listen: &str, db: &Path, daemon: &Path, sent: usize) {
+    let db = db.display();
+    let daemon = daemon.display();
     println!(
         "\nfmd is monitoring the demo app (gunicorn, 2 workers) and has seen {sent} requests so far.\n\n  \
-         dashboard:  http://{listen}/\n  JSON API:   curl http://{listen}/api/requests?limit=5\n  CLI:        \
-         {} query requests --db {} --format table --limit 20\n  stats:      {} query stats --db {}\n\nThe demo sends \
-         a little traffic every 5 s; press Ctrl-C to stop.",
-        daemon.display(),
-        db.display(),
-        daemon.display(),
-        db.display()
+         dashboard:  http://{listen}/  (first run: open the setup link printed above to create your admin;\n              \
+         or: {daemon} user add NAME --admin --db {db})\n  JSON API:   \
+         curl -H \"Authorization: Bearer $(cat {db}.token)\" http://{listen}/api/requests?limit=5\n  CLI:        \
+         {daemon} query requests --db {db} --format table --limit 20\n  stats:      {daemon} query stats --db {db}\n\n\
+         The demo sends a little traffic every 5 s; press Ctrl-C to stop."
     );
 }

@@ -35,7 +35,8 @@ pub struct BasePath(pub String);
 
 /// The router under `base` ("" serves at the root); the dashboard answers every path the API does not.
 pub fn mount(api: Router, base: &str) -> Router {
-    let app = api.fallback(serve);
+    // The fallback that serves the dashboard is part of `api` (behind its session guard).
+    let app = api;
     if base.is_empty() {
         return app.layer(Extension(BasePath(String::new())));
     }

@@ -2,6 +2,7 @@
 //! `capture`.
 
 pub mod assets;
+pub mod auth;
 mod endpoints;
 mod error;
 mod exceptions;
@@ -28,14 +29,21 @@ pub struct AppState {
     db: Arc<Mutex<Connection>>,
     /// The running daemon's levels, so a change applies at its next request.
     levels: Option<Arc<crate::levels::Levels>>,
+    auth: Arc<auth::Auth>,
 }
 
 impl AppState {
     /// `db` comes from [`crate::store::Store::reader`] (taken before the store moves to the writer).
     pub fn new(db: Connection) -> Self {
+        let auth = auth::Auth::default();
+        // In tests every router accepts one known local credential (test_support::LOCAL_TOKEN); the
+        // daemon sets a random one from `<db>.token` (auth::prepare).
+        #[cfg(test)]
+        auth.set_local_token(test_support::LOCAL_TOKEN.to_owned());
         Self {
             db: Arc::new(Mutex::new(db)),
             levels: None,
+            auth: Arc::new(auth),
         }
     }
 
@@ -123,7 +131,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/views/reporting", get(views::reporting))
         .route("/api/views/profile-diff", get(views::profile_diff))
-        .route("/api/views/database", get(views::database));
+        .route("/api/views/database", get(views::database))
+        // Sessions, login and accounts; the guard is the last layer of the routes so it covers every route
+        // and the dashboard's pages (the fallback); auth::tests checks every route in this module.
+        .merge(auth::routes())
+        .fallback(assets::serve)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ));
     server::bounded(routes, server::Limits::default())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -140,9 +156,15 @@ pub(crate) mod test_support {
     };
     use tower::ServiceExt as _;
 
-    /// GETs `uri`: the status and the body as text.
+    /// The local credential of every test router (`AppState::new` under `cfg(test)`).
+    pub const LOCAL_TOKEN: &str = "local-token-of-the-tests";
+
+    /// GETs `uri` with the local credential: the status and the body as text.
     pub async fn get_text(app: &Router, uri: &str) -> (StatusCode, String) {
-        let request = Request::get(uri).body(Body::empty()).expect("request");
+        let request = Request::get(uri)
+            .header("authorization", format!("Bearer {LOCAL_TOKEN}"))
+            .body(Body::empty())
+            .expect("request");
         let response = app.clone().oneshot(request).await.expect("response");
         let status = response.status();
         let body = to_bytes(response.into_body(), usize::MAX)

@@ -8,6 +8,7 @@ mod outliers;
 mod profile;
 mod query;
 mod versions;
+mod users;
 
 pub use self::{
     endpoints::{describe_endpoints, write_endpoints},
@@ -18,4 +19,5 @@ pub use self::{
         DEFAULT_DB,
     },
     versions::write_versions,
+    users::{run_user, UserArgs},
 };

@@ -58,6 +58,7 @@ impl Source {
             Self::Daemon { listen, db } => {
                 match fetch::<RequestProfile>(
                     *listen,
+                    db,
                     &format!("/api/requests/{id}/profile"),
                     &[("full_stack", u8::from(full).to_string())],
                 ) {
@@ -96,12 +97,14 @@ impl Source {
                         );
                         fetch(
                             *listen,
+                            db,
                             &format!("/api/endpoints/{e}/grouped-profile"),
                             &[n_param, full_param],
                         )?
                     }
                     ProfileKey::Path(p) => fetch(
-                        *listen,
+                            *listen,
+                        db,
                         "/api/paths/grouped-profile",
                         &[n_param, full_param, ("path", p.clone())],
                     )?,

@@ -298,7 +298,7 @@ impl Source {
                     query.push(("limit", page_limit.to_string()));
                     query.extend(filter.endpoint.clone().map(|e| ("endpoint", e)));
                     query.extend(before.map(|id| ("before_id", id.to_string())));
-                    let rows: Vec<RequestRow> = match fetch(*listen, "/api/requests", &query)? {
+                    let rows: Vec<RequestRow> = match fetch(*listen, db, "/api/requests", &query)? {
                         Fetched::Got(rows) => rows,
                         Fetched::Unreachable(e) if pages.is_empty() => {
                             return Self::fallback(db, &e)?.requests(filter)
@@ -326,7 +326,7 @@ impl Source {
     fn endpoints(&self, now: Micros) -> anyhow::Result<EndpointList> {
         match self {
             Self::File(store) => Ok(store::endpoint_list(store.connection(), now)?),
-            Self::Daemon { listen, db } => match fetch(*listen, "/api/endpoints", &[])? {
+            Self::Daemon { listen, db } => match fetch(*listen, db, "/api/endpoints", &[])? {
                 Fetched::Got(list) => Ok(list),
                 Fetched::Unreachable(e) => Self::fallback(db, &e)?.endpoints(now),
             },
@@ -336,7 +336,7 @@ impl Source {
     fn stats(&self) -> anyhow::Result<Stats> {
         match self {
             Self::File(store) => Ok(store::stats(store.connection())?),
-            Self::Daemon { listen, db } => match fetch(*listen, "/api/stats", &[])? {
+            Self::Daemon { listen, db } => match fetch(*listen, db, "/api/stats", &[])? {
                 Fetched::Got(stats) => Ok(stats),
                 Fetched::Unreachable(e) => Self::fallback(db, &e)?.stats(),
             },
@@ -362,9 +362,11 @@ pub(super) enum Fetched<T> {
     Unreachable(ureq::Error),
 }
 
-/// GETs `path` from the daemon's API and decodes the JSON; an API error becomes its message.
+/// GETs `path` from the daemon's API and decodes the JSON; an API error becomes its message. Sends the
+/// daemon's local credential (`<db>.token`) when this process can read it.
 pub(super) fn fetch<T: DeserializeOwned>(
     listen: SocketAddr,
+    db: &Path,
     path: &str,
     query: &[(&str, String)],
 ) -> anyhow::Result<Fetched<T>> {
@@ -373,9 +375,13 @@ pub(super) fn fetch<T: DeserializeOwned>(
         .timeout_connect(Some(Duration::from_secs(2)))
         .build()
         .new_agent();
-    let request = agent
+    let mut request = agent
         .get(format!("http://{listen}{path}"))
         .query_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+    let token = crate::security::LocalToken::read(db);
+    if let Some(token) = &token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
     let mut response = match request.call() {
         Ok(response) => response,
         Err(e) => return Ok(Fetched::Unreachable(e)),
@@ -385,6 +391,13 @@ pub(super) fn fetch<T: DeserializeOwned>(
     if !status.is_success() {
         let body: serde_json::Value = serde_json::from_reader(reader).unwrap_or_default();
         let message = body["error"].as_str().unwrap_or("no error message");
+        if status == 401 && token.is_none() {
+            bail!(
+                "the fmd daemon at {listen} answered {status}: run this as root, who can read its local \
+                 credential {}",
+                crate::security::LocalToken::path_for(db).display()
+            );
+        }
         bail!("the fmd daemon at {listen} answered {status}: {message}");
     }
     let value = serde_json::from_reader(reader)
@@ -861,6 +874,11 @@ symbols_unknown         7
             .expect("bind");
         let listen = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
+        std::fs::write(
+            crate::security::LocalToken::path_for(db),
+            crate::api::test_support::LOCAL_TOKEN,
+        )
+        .expect("local credential");
         DaemonFile {
             pid: std::process::id(),
             listen,
@@ -1031,7 +1049,7 @@ symbols_unknown         7
                 panic!("not the daemon")
             };
             let err =
-                fetch::<Vec<RequestRow>>(listen, "/api/requests", &[("since", "soon".into())])
+                fetch::<Vec<RequestRow>>(listen, &db, "/api/requests", &[("since", "soon".into())])
                     .err();
             (rows, stats, err.map(|e| e.to_string()))
         })

@@ -23,6 +23,7 @@ mod stats;
 pub mod time;
 pub mod versions;
 pub mod views;
+pub mod users;
 mod writer;
 
 use std::{

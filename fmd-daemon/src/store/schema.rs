@@ -87,6 +87,8 @@ const MIGRATIONS: &[&str] = &[
     super::levels::MIGRATION,
     // 8: no ART index on requests (store/memory.rs).
     super::memory::MIGRATION,
+    // 9: dashboard accounts (store/users.rs).
+    super::users::MIGRATION,
 ];
 
 /// The schema version this build writes and understands.
@@ -190,6 +192,7 @@ mod tests {
                 "requests",
                 "rollup_state",
                 "schema_version",
+                "users",
                 "versions"
             ]
         );
