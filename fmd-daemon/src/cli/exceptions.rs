@@ -33,7 +33,7 @@ impl Source {
                 let mut query = Vec::new();
                 query.extend(filter.endpoint.clone().map(|e| ("endpoint", e)));
                 query.extend(filter.since.map(|t| ("since", format_us(t))));
-                match fetch(*listen, "/api/exceptions", &query)? {
+                match fetch(*listen, db, "/api/exceptions", &query)? {
                     Fetched::Got(rows) => Ok(rows),
                     Fetched::Unreachable(e) => Self::fallback(db, &e)?.exception_groups(filter),
                 }
@@ -46,7 +46,7 @@ impl Source {
             Self::File(store) => Ok(store::exception_group(store.connection(), group)?),
             Self::Daemon { listen, db } => {
                 let path = format!("/api/exceptions/{group}");
-                match fetch(*listen, &path, &[]) {
+                match fetch(*listen, db, &path, &[]) {
                     Ok(Fetched::Got(detail)) => Ok(Some(detail)),
                     Ok(Fetched::Unreachable(e)) => Self::fallback(db, &e)?.exception_group(group),
                     Err(e) if e.to_string().contains("404") => Ok(None),

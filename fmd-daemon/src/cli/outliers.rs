@@ -47,7 +47,7 @@ impl Source {
                 query.extend(filter.endpoint.clone().map(|e| ("endpoint", e)));
                 query.extend(filter.since.map(|t| ("since", format_us(t))));
                 query.extend(filter.limit.map(|n| ("limit", n.to_string())));
-                match fetch(*listen, "/api/outliers", &query)? {
+                match fetch(*listen, db, "/api/outliers", &query)? {
                     Fetched::Got(rows) => Ok(rows),
                     Fetched::Unreachable(e) => Self::fallback(db, &e)?.outliers(filter),
                 }

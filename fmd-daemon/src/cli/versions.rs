@@ -10,7 +10,7 @@ impl Source {
     pub(super) fn versions(&self) -> anyhow::Result<Vec<VersionRow>> {
         match self {
             Self::File(store) => Ok(store::versions(store.connection())?),
-            Self::Daemon { listen, db } => match fetch(*listen, "/api/versions", &[])? {
+            Self::Daemon { listen, db } => match fetch(*listen, db, "/api/versions", &[])? {
                 Fetched::Got(rows) => Ok(rows),
                 Fetched::Unreachable(e) => Self::fallback(db, &e)?.versions(),
             },

@@ -631,14 +631,15 @@ pub fn profiled_requests(
     limit: u64,
 ) -> Result<Vec<RequestRow>, Error> {
     let mut stmt = conn
-        .prepare(
+        .prepare(&format!(
             "SELECT r.id, epoch_us(r.ts), r.method, r.path, r.query, r.status, r.duration_ms, r.remote_ip,
                     r.worker_pid, r.bytes_in, r.bytes_out, r.endpoint, r.rule, r.http_version, r.tid, r.host,
-                    r.user_agent
+                    r.user_agent, r.version, r.\"user\", {exception}
              FROM requests r JOIN profiled_requests p
                ON p.worker_pid = r.worker_pid AND p.tid = r.tid AND p.ts = r.ts
              WHERE r.endpoint = ? AND r.ts >= ? AND r.ts < ? ORDER BY r.ts DESC, r.id DESC LIMIT ?",
-        )
+            exception = super::exceptions::REQUEST_EXCEPTION_SQL
+        ))
         .map_err(sql("read profiled requests"))?;
     let rows = stmt
         .query_map(
@@ -667,6 +668,9 @@ pub fn profiled_requests(
                     tid: row.get(14)?,
                     host: row.get(15)?,
                     user_agent: row.get(16)?,
+                    version: row.get(17)?,
+                    user: row.get(18)?,
+                    exception: row.get(19)?,
                 })
             },
         )
