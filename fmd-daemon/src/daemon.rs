@@ -110,9 +110,14 @@ pub async fn run(config: Arc<Config>, pid: u32) -> anyhow::Result<()> {
         })?;
     let listen = listener.local_addr()?;
     // Before the daemon file announces us: the CLI reads the local credential right after it.
-    api::auth::prepare(&api_state, &config.db, &format!("http://{listen}"), &config.base_path)
-        .await
-        .context("cannot set up dashboard authentication")?;
+    api::auth::prepare(
+        &api_state,
+        &config.db,
+        &format!("http://{listen}"),
+        &config.base_path,
+    )
+    .await
+    .context("cannot set up dashboard authentication")?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let app = api::assets::mount(api::router(api_state), &config.base_path);
     let server = tokio::spawn(

@@ -25,9 +25,7 @@ use fmd_common::{
     stats,
 };
 
-use crate::maps::{
-    count, is_worker, FMD_CONNS, FMD_EVENTS, FMD_LOG_FDS, FMD_SCRATCH, FMD_SERVING,
-};
+use crate::maps::{count, is_worker, FMD_CONNS, FMD_EVENTS, FMD_LOG_FDS, FMD_SCRATCH, FMD_SERVING};
 
 const ARG0: usize = 16;
 const ARG1: usize = 24;

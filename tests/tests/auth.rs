@@ -50,7 +50,10 @@ fn users(db: &Path) -> Vec<(String, bool)> {
     out.lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).expect("JSON line");
-            (v["username"].as_str().expect("name").to_owned(), v["admin"] == true)
+            (
+                v["username"].as_str().expect("name").to_owned(),
+                v["admin"] == true,
+            )
         })
         .collect()
 }
@@ -69,10 +72,17 @@ fn json_of(answer: &Answer) -> Value {
 fn login(daemon: &Daemon, username: &str, password: &str) -> (String, String) {
     let body = json!({"username": username, "password": password}).to_string();
     let answer = send(daemon, &Req::post("/api/login", body.as_bytes()));
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     let cookie = answer.header("set-cookie").expect("a session cookie");
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Path=/"),
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Path=/"),
         "{cookie}"
     );
     let pair = cookie.split(';').next().expect("name=value").to_owned();
@@ -98,7 +108,10 @@ fn setup_token(log: &Path) -> String {
             let rest = &text[at + "/setup?token=".len()..];
             return rest.chars().take_while(char::is_ascii_hexdigit).collect();
         }
-        assert!(Instant::now() < deadline, "no setup link in the log:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no setup link in the log:\n{text}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -120,20 +133,37 @@ fn accounts_setup_login_and_the_cli() {
     let mut daemon = Daemon::start_logged(app.pid(), &db, &log);
     let token = setup_token(&log);
     assert_eq!(token.len(), 64);
-    let mode = std::fs::metadata(token_path(&db)).expect("local credential").permissions().mode();
+    let mode = std::fs::metadata(token_path(&db))
+        .expect("local credential")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let session = send(&daemon, &Req::get("/api/session"));
-    assert_eq!((session.status, json_of(&session)["setup_required"].clone()), (401, json!(true)));
+    assert_eq!(
+        (session.status, json_of(&session)["setup_required"].clone()),
+        (401, json!(true))
+    );
     let root = Req::get("/");
     let answer = send(&daemon, &root);
-    assert_eq!((answer.status, answer.header("location")), (302, Some("/login")));
+    assert_eq!(
+        (answer.status, answer.header("location")),
+        (302, Some("/login"))
+    );
     let setup = |token: &str| {
         let body = json!({"token": token, "username": "root", "password": "root password"});
-        send(&daemon, &Req::post("/api/setup", body.to_string().as_bytes()))
+        send(
+            &daemon,
+            &Req::post("/api/setup", body.to_string().as_bytes()),
+        )
     };
     assert_eq!(setup("0").status, 403);
     let answer = setup(&token);
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     assert_eq!(json_of(&answer)["admin"], true);
     assert_eq!(setup(&token).status, 409, "the link works once");
     // Traffic for the queries below.
@@ -145,7 +175,10 @@ fn accounts_setup_login_and_the_cli() {
     }
     let (old_cookie, _) = login(&daemon, "root", "root password");
     daemon.stop();
-    assert!(!token_path(&db).exists(), "the local credential goes with the daemon");
+    assert!(
+        !token_path(&db).exists(),
+        "the local credential goes with the daemon"
+    );
 
     // A stopped store: accounts are changed in the file.
     let (ok, out, err) = user(&db, &["add", "alice", "--admin"], "alice password\n");
@@ -166,20 +199,34 @@ fn accounts_setup_login_and_the_cli() {
     assert_eq!(out, "created guest bob\n");
     assert_eq!(
         users(&db),
-        [("alice".into(), true), ("bob".into(), false), ("root".into(), true)]
+        [
+            ("alice".into(), true),
+            ("bob".into(), false),
+            ("root".into(), true)
+        ]
     );
     // A restart logged everyone out.
-    let answer = send(&daemon, &Req::get("/api/endpoints").header("Cookie", &old_cookie));
+    let answer = send(
+        &daemon,
+        &Req::get("/api/endpoints").header("Cookie", &old_cookie),
+    );
     assert_eq!(answer.status, 401);
 
     // Logging in over HTTP.
     let wrong = json!({"username": "bob", "password": "not bob's"}).to_string();
-    assert_eq!(send(&daemon, &Req::post("/api/login", wrong.as_bytes())).status, 401);
+    assert_eq!(
+        send(&daemon, &Req::post("/api/login", wrong.as_bytes())).status,
+        401
+    );
     assert_eq!(send(&daemon, &Req::get("/api/endpoints")).status, 401);
     let (bob, bob_csrf) = login(&daemon, "bob", "bob password");
     let answer = send(&daemon, &Req::get("/api/endpoints").header("Cookie", &bob));
     assert_eq!(answer.status, 200);
-    assert!(json_of(&answer)["endpoints"].is_array(), "{}", json_of(&answer));
+    assert!(
+        json_of(&answer)["endpoints"].is_array(),
+        "{}",
+        json_of(&answer)
+    );
     // A guest cannot manage accounts, even with the CSRF token.
     let carol = json!({"username": "carol", "password": "carol password"}).to_string();
     let answer = send(
@@ -193,8 +240,16 @@ fn accounts_setup_login_and_the_cli() {
     let (alice, alice_csrf) = login(&daemon, "alice", "alice password");
     let add_carol = Req::post("/api/users", carol.as_bytes()).header("Cookie", &alice);
     assert_eq!(send(&daemon, &add_carol).status, 403);
-    let answer = send(&daemon, &add_carol.clone().header("X-CSRF-Token", &alice_csrf));
-    assert_eq!(answer.status, 201, "{}", String::from_utf8_lossy(&answer.body));
+    let answer = send(
+        &daemon,
+        &add_carol.clone().header("X-CSRF-Token", &alice_csrf),
+    );
+    assert_eq!(
+        answer.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     // The CLI's queries send the local credential.
     assert_eq!(daemon.query("requests", &[]).len(), 5);
     assert_eq!(send(&daemon, &Req::get("/api/stats")).status, 401);
@@ -209,6 +264,10 @@ fn accounts_setup_login_and_the_cli() {
     daemon.stop();
     assert_eq!(
         users(&db),
-        [("alice".into(), true), ("carol".into(), false), ("root".into(), true)]
+        [
+            ("alice".into(), true),
+            ("carol".into(), false),
+            ("root".into(), true)
+        ]
     );
 }

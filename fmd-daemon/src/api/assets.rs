@@ -223,7 +223,10 @@ mod tests {
     }
 
     fn app(base: &str) -> Router {
-        let api = Router::new().route("/api/health", axum::routing::get(|| async { "ok" }));
+        // As api::router: the dashboard is the fallback of the API's routes.
+        let api = Router::new()
+            .route("/api/health", axum::routing::get(|| async { "ok" }))
+            .fallback(serve);
         mount(api, base)
     }
 

@@ -173,12 +173,15 @@ pub(crate) mod test_support {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
-    /// GETs `uri`: the status, the headers and the body as JSON (`Null` when it is not JSON).
+    /// GETs `uri` with the local credential: the status, the headers and the body as JSON (`Null` when it is not JSON).
     pub async fn get_response(
         app: &Router,
         uri: &str,
     ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
-        let request = Request::get(uri).body(Body::empty()).expect("request");
+        let request = Request::get(uri)
+            .header("authorization", format!("Bearer {LOCAL_TOKEN}"))
+            .body(Body::empty())
+            .expect("request");
         let response = app.clone().oneshot(request).await.expect("response");
         let (parts, body) = response.into_parts();
         let body = to_bytes(body, usize::MAX).await.expect("body");

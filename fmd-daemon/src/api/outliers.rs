@@ -139,6 +139,10 @@ mod tests {
     async fn put(app: &axum::Router, uri: &str, body: &str) -> (StatusCode, serde_json::Value) {
         let request = Request::put(uri)
             .header("content-type", "application/json")
+            .header(
+                "authorization",
+                format!("Bearer {}", crate::api::test_support::LOCAL_TOKEN),
+            )
             .body(Body::from(body.to_owned()))
             .expect("request");
         let response = app.clone().oneshot(request).await.expect("response");

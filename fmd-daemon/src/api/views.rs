@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(body["endpoints"][0]["hits"], 20);
 
         let (_, body) = get(&app, &format!("/api/views/versions?{RANGE}")).await;
-        assert_eq!(body["column"], serde_json::Value::Null);
+        assert_eq!(body["column"], "version");
 
         let (status, body) = get(&app, &format!("/api/views/endpoint?endpoint=item&{RANGE}")).await;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -7,8 +7,8 @@ mod levels;
 mod outliers;
 mod profile;
 mod query;
-mod versions;
 mod users;
+mod versions;
 
 pub use self::{
     endpoints::{describe_endpoints, write_endpoints},
@@ -18,6 +18,6 @@ pub use self::{
         run_query, write_requests, write_stats, Format, QueryArgs, QueryCommand, RequestsArgs,
         DEFAULT_DB,
     },
-    versions::write_versions,
     users::{run_user, UserArgs},
+    versions::write_versions,
 };

@@ -103,7 +103,7 @@ impl Source {
                         )?
                     }
                     ProfileKey::Path(p) => fetch(
-                            *listen,
+                        *listen,
                         db,
                         "/api/paths/grouped-profile",
                         &[n_param, full_param, ("path", p.clone())],

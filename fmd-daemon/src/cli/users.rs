@@ -93,7 +93,9 @@ pub fn run_user(args: UserArgs) -> anyhow::Result<()> {
                     &token,
                     "POST",
                     "/api/users",
-                    Some(serde_json::json!({"username": name, "password": password, "admin": admin})),
+                    Some(
+                        serde_json::json!({"username": name, "password": password, "admin": admin}),
+                    ),
                 )?)
                 .context("bad answer from the daemon")?,
                 Target::Store => {
@@ -120,7 +122,10 @@ pub fn run_user(args: UserArgs) -> anyhow::Result<()> {
                 Target::Daemon { listen, token } => {
                     let path = format!(
                         "/api/users/{}",
-                        percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+                        percent_encoding::utf8_percent_encode(
+                            &name,
+                            percent_encoding::NON_ALPHANUMERIC
+                        )
                     );
                     call(listen, &token, "DELETE", &path, None)?;
                 }
@@ -157,7 +162,9 @@ fn read_password(name: &str) -> anyhow::Result<String> {
         .context("cannot read the password from stdin")?;
     let password = line.trim_end_matches(['\n', '\r']).to_owned();
     if password.is_empty() {
-        bail!("no password on stdin: pipe one line (echo \"$PASSWORD\" | fmd-daemon user add {name})");
+        bail!(
+            "no password on stdin: pipe one line (echo \"$PASSWORD\" | fmd-daemon user add {name})"
+        );
     }
     Ok(password)
 }
@@ -233,7 +240,12 @@ pub fn write_users(rows: &[UserRow], format: Format, out: &mut dyn Write) -> io:
                     ]
                 })
                 .collect();
-            write_table(&["username", "role", "created_at"], &[false; 3], &cells, out)
+            write_table(
+                &["username", "role", "created_at"],
+                &[false; 3],
+                &cells,
+                out,
+            )
         }
     }
 }

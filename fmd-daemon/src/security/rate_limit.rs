@@ -33,7 +33,8 @@ impl FailureLimiter {
         }
         (times.len() >= MAX_FAILURES).then(|| {
             let oldest = times.front().copied().unwrap_or(now);
-            (WINDOW.saturating_sub(now.saturating_duration_since(oldest))).max(Duration::from_secs(1))
+            (WINDOW.saturating_sub(now.saturating_duration_since(oldest)))
+                .max(Duration::from_secs(1))
         })
     }
 
@@ -71,7 +72,10 @@ mod tests {
             limiter.fail("ip:1", t0 + Duration::from_secs(i as u64));
         }
         let t = t0 + Duration::from_secs(10);
-        assert_eq!(limiter.retry_after("ip:1", t), Some(Duration::from_secs(50)));
+        assert_eq!(
+            limiter.retry_after("ip:1", t),
+            Some(Duration::from_secs(50))
+        );
         assert_eq!(limiter.retry_after("ip:2", t), None, "other keys are free");
         // The first failure leaves the window: one more attempt.
         assert_eq!(limiter.retry_after("ip:1", t0 + WINDOW), None);

@@ -122,15 +122,20 @@ mod tests {
         let (id, s) = sessions.create("alice", true, t0).expect("create");
         assert_eq!((s.username.as_str(), s.admin), ("alice", true));
         assert_ne!(id, s.csrf_token);
-        assert_eq!(sessions.touch(&id, t0 + IDLE / 2), Some(s.clone()).map(|mut s| {
-            s.last_seen = t0 + IDLE / 2;
-            s
-        }));
+        assert_eq!(
+            sessions.touch(&id, t0 + IDLE / 2),
+            Some(s.clone()).map(|mut s| {
+                s.last_seen = t0 + IDLE / 2;
+                s
+            })
+        );
         // Used half way: still alive a full idle period after the start.
         assert!(sessions.touch(&id, t0 + IDLE).is_some());
         assert!(sessions.touch("nope", t0).is_none());
         // Idle too long.
-        assert!(sessions.touch(&id, t0 + IDLE * 2 + Duration::from_secs(1)).is_none());
+        assert!(sessions
+            .touch(&id, t0 + IDLE * 2 + Duration::from_secs(1))
+            .is_none());
         assert!(sessions.is_empty());
     }
 
@@ -175,6 +180,9 @@ mod tests {
             sessions.create("u", false, t).expect("create");
         }
         assert_eq!(sessions.len(), MAX_SESSIONS);
-        assert!(sessions.touch(&first, t0).is_none(), "the least recently used one goes");
+        assert!(
+            sessions.touch(&first, t0).is_none(),
+            "the least recently used one goes"
+        );
     }
 }

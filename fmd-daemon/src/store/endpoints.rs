@@ -1135,7 +1135,7 @@ mod tests {
                      DROP TABLE endpoint_duration_totals; DROP TABLE rollup_state; \
                      DROP TABLE exception_occurrences; DROP TABLE exception_groups; \
                      DROP TABLE outliers; DROP TABLE endpoint_levels; DROP TABLE endpoint_unrecorded; \
-                     DROP TABLE endpoint_averages; \
+                     DROP TABLE endpoint_averages; DROP TABLE users; \
                      UPDATE schema_version SET version = 1",
                 )
                 .expect("downgrade");

@@ -9,11 +9,11 @@
 mod daemon_file;
 mod endpoints;
 mod exceptions;
-pub mod levels;
-pub mod outliers;
-pub mod memory;
 pub mod file_modes;
+pub mod levels;
 mod mann_whitney;
+pub mod memory;
+pub mod outliers;
 pub mod profiles;
 mod registry;
 mod requests;
@@ -21,9 +21,9 @@ pub mod rollup;
 pub mod schema;
 mod stats;
 pub mod time;
+pub mod users;
 pub mod versions;
 pub mod views;
-pub mod users;
 mod writer;
 
 use std::{
@@ -39,11 +39,11 @@ pub use self::{
         attribution, endpoint_list, endpoints, mode_name, modes, set_attribution, unmatched,
         upsert_routes, Attribution, EndpointList, EndpointRow, MONITOR_LEVEL,
     },
-    registry::{runtime_dir, Registration},
     exceptions::{
         exception_group, exception_groups, EndpointCount, ExceptionFilter, ExceptionGroupDetail,
         ExceptionGroupRow,
     },
+    registry::{runtime_dir, Registration},
     requests::{append_requests, requests, RequestFilter, RequestRow},
     stats::{begin_run, counters, end_run, names, set_counters, stats, RunInfo, Stats},
     versions::{versions, VersionRow},

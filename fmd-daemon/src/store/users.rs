@@ -2,7 +2,11 @@
 //! time. Written by the daemon's API (through its connection, rarely) or by `fmd-daemon user` on a
 //! stopped store. No account exists until someone creates one: there is no default password.
 
-use duckdb::{params, types::TimeUnit, types::Value, Connection, OptionalExt as _};
+use duckdb::{
+    params,
+    types::{TimeUnit, Value},
+    Connection, OptionalExt as _,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{

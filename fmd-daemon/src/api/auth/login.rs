@@ -156,7 +156,12 @@ pub async fn session(State(state): State<AppState>, request: Request) -> Result<
     match identify(&state.auth, request.headers()) {
         Ok(Some((identity, csrf))) => {
             let username = identity.username.unwrap_or_default();
-            Ok(session_body(&username, identity.admin, csrf.as_deref().unwrap_or_default()).into_response())
+            Ok(session_body(
+                &username,
+                identity.admin,
+                csrf.as_deref().unwrap_or_default(),
+            )
+            .into_response())
         }
         Ok(None) | Err(_) => {
             let count = with_db(&state, |conn| Ok(users::user_count(conn)?)).await?;
@@ -202,7 +207,14 @@ pub async fn setup(State(state): State<AppState>, request: Request) -> Result<Re
     let hash = blocking(move || password::hash(&password)).await??;
     let username = setup.username.clone();
     let created = with_db(&state, move |conn| {
-        Ok(users::add_user(conn, &username, &hash, true, now_us(), true)?)
+        Ok(users::add_user(
+            conn,
+            &username,
+            &hash,
+            true,
+            now_us(),
+            true,
+        )?)
     })
     .await;
     let row = match created {

@@ -91,7 +91,10 @@ pub async fn prepare(state: &AppState, db: &Path, origin: &str, base: &str) -> R
     state.auth.set_local_token(token);
     let count = with_db(state, |conn| Ok(crate::store::users::user_count(conn)?)).await?;
     if count > 0 {
-        tracing::info!(accounts = count, "dashboard accounts exist: log in at {origin}{base}/login");
+        tracing::info!(
+            accounts = count,
+            "dashboard accounts exist: log in at {origin}{base}/login"
+        );
         return Ok(());
     }
     let setup = secret::random_token()?;
@@ -253,7 +256,11 @@ fn over_tls(headers: &HeaderMap) -> bool {
     let forwarded_proto = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("https")));
+        .is_some_and(|v| {
+            v.split(',')
+                .next()
+                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+        });
     let forwarded = headers
         .get(header::FORWARDED)
         .and_then(|v| v.to_str().ok())
@@ -271,7 +278,8 @@ fn session_cookie_header(id: Option<&str>, base: &str, secure: bool) -> HeaderVa
         cookie.push_str("; Secure");
     }
     // Ids are hex and bases come from a request path, which holds no control characters.
-    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static("fmd_session=; Max-Age=0"))
+    HeaderValue::from_str(&cookie)
+        .unwrap_or_else(|_| HeaderValue::from_static("fmd_session=; Max-Age=0"))
 }
 
 /// The JSON that login, setup and `/api/session` return.

@@ -179,13 +179,16 @@ fn routes() -> Vec<String> {
         .iter()
         .map(|p| {
             param
-                .replace_all(p, |c: &regex::Captures<'_>| {
-                    if c[0].starts_with("{*") {
-                        "a/b"
-                    } else {
-                        "x"
-                    }
-                })
+                .replace_all(
+                    p,
+                    |c: &regex::Captures<'_>| {
+                        if c[0].starts_with("{*") {
+                            "a/b"
+                        } else {
+                            "x"
+                        }
+                    },
+                )
                 .into_owned()
         })
         .collect()
@@ -203,8 +206,11 @@ const METHODS: [Method; 5] = [
 async fn every_route_needs_a_session() {
     let app = app().with_user("alice", "alice password", true);
     let routes = routes();
-    for known in ["/", "/api/requests", "/api/users", "/api/users/x", "/api/logout"] {
-        assert!(routes.iter().any(|r| r == known), "{known} not found in {routes:?}");
+    for known in ["/api/requests", "/api/users", "/api/users/x", "/api/logout"] {
+        assert!(
+            routes.iter().any(|r| r == known),
+            "{known} not found in {routes:?}"
+        );
     }
     // Also paths no route serves (the fallback).
     let paths = routes
@@ -228,7 +234,11 @@ async fn every_route_needs_a_session() {
                     assert!(answer.body["error"].is_string(), "{method} {path}");
                 } else {
                     assert_eq!(answer.status, StatusCode::FOUND, "{method} {path}");
-                    assert_eq!(answer.headers[header::LOCATION], "/login", "{method} {path}");
+                    assert_eq!(
+                        answer.headers[header::LOCATION],
+                        "/login",
+                        "{method} {path}"
+                    );
                 }
                 checked += 1;
             }
@@ -240,10 +250,23 @@ async fn every_route_needs_a_session() {
 #[tokio::test]
 async fn public_paths() {
     let app = app();
-    for path in ["/api/health", "/assets/index-1234.js", "/favicon.svg", "/login", "/setup"] {
+    for path in [
+        "/api/health",
+        "/assets/index-1234.js",
+        "/favicon.svg",
+        "/login",
+        "/setup",
+    ] {
         assert!(is_public(path), "{path}");
     }
-    for path in ["/", "/api/users", "/api/health/x", "/loginx", "/assetsx", "/api/logout"] {
+    for path in [
+        "/",
+        "/api/users",
+        "/api/health/x",
+        "/loginx",
+        "/assetsx",
+        "/api/logout",
+    ] {
         assert!(!is_public(path), "{path}");
     }
     let answer = call(Method::GET, "/api/health").send(&app).await;
@@ -267,23 +290,39 @@ async fn login_then_read() {
     assert_eq!(csrf.len(), 64);
     let cookie = answer.headers[header::SET_COOKIE].to_str().expect("ascii");
     let attributes: Vec<&str> = cookie.split("; ").skip(1).collect();
-    assert_eq!(attributes, ["HttpOnly", "SameSite=Strict", "Path=/"], "{cookie}");
+    assert_eq!(
+        attributes,
+        ["HttpOnly", "SameSite=Strict", "Path=/"],
+        "{cookie}"
+    );
     let session = login(&app, "alice", "alice password").await;
-    let answer = call(Method::GET, "/api/requests").session(&session).send(&app).await;
+    let answer = call(Method::GET, "/api/requests")
+        .session(&session)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    let answer = call(Method::GET, "/api/session").session(&session).send(&app).await;
+    let answer = call(Method::GET, "/api/session")
+        .session(&session)
+        .send(&app)
+        .await;
     assert_eq!(
         answer.body,
         json!({"username": "alice", "admin": true, "csrf_token": session.csrf})
     );
     // Logging out ends the session.
-    let answer = call(Method::POST, "/api/logout").session(&session).send(&app).await;
+    let answer = call(Method::POST, "/api/logout")
+        .session(&session)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
     assert!(answer.headers[header::SET_COOKIE]
         .to_str()
         .expect("ascii")
         .contains("Max-Age=0"));
-    let answer = call(Method::GET, "/api/requests").session(&session).send(&app).await;
+    let answer = call(Method::GET, "/api/requests")
+        .session(&session)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -330,7 +369,9 @@ async fn cookie_path_and_redirect_follow_the_base_path() {
     .await
     .expect("response");
     assert_eq!(response.status(), StatusCode::OK);
-    let cookie = response.headers()[header::SET_COOKIE].to_str().expect("ascii");
+    let cookie = response.headers()[header::SET_COOKIE]
+        .to_str()
+        .expect("ascii");
     assert!(cookie.ends_with("; Path=/fmd/"), "{cookie}");
 }
 
@@ -368,9 +409,10 @@ async fn bad_logins() {
 
 #[tokio::test]
 async fn logins_are_rate_limited_per_address_and_per_username() {
-    let app = app()
-        .with_user("alice", "alice password", true)
-        .with_user("bob", "bob password", false);
+    let app =
+        app()
+            .with_user("alice", "alice password", true)
+            .with_user("bob", "bob password", false);
     let attempt = |user: &str, password: &str, ip: &str| {
         call(Method::POST, "/api/login")
             .from(ip)
@@ -393,7 +435,9 @@ async fn logins_are_rate_limited_per_address_and_per_username() {
         assert!((1..=60).contains(&wait), "{wait}");
     }
     // So is alice's name from anywhere (a distributed guess), but not bob from elsewhere.
-    let answer = attempt("alice", "alice password", "10.0.0.2").send(&app).await;
+    let answer = attempt("alice", "alice password", "10.0.0.2")
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
     let answer = attempt("bob", "bob password", "10.0.0.2").send(&app).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -417,9 +461,15 @@ async fn state_changes_need_the_csrf_token() {
     ] {
         let answer = attempt.send(&app).await;
         assert_eq!(answer.status, StatusCode::FORBIDDEN);
-        assert!(answer.body["error"].as_str().expect("error").contains("X-CSRF-Token"));
+        assert!(answer.body["error"]
+            .as_str()
+            .expect("error")
+            .contains("X-CSRF-Token"));
     }
-    let answer = change().header("x-csrf-token", &session.csrf).send(&app).await;
+    let answer = change()
+        .header("x-csrf-token", &session.csrf)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
     // Every state-changing route but login and setup asks for it, before anything else.
     for path in routes() {
@@ -435,27 +485,43 @@ async fn state_changes_need_the_csrf_token() {
         }
     }
     // Logout too: a page elsewhere cannot log the user out.
-    let answer = call(Method::POST, "/api/logout").header("cookie", &cookie).send(&app).await;
+    let answer = call(Method::POST, "/api/logout")
+        .header("cookie", &cookie)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
 async fn guests_read_but_change_nothing() {
-    let app = app()
-        .with_user("alice", "alice password", true)
-        .with_user("guest", "guest password", false);
+    let app = app().with_user("alice", "alice password", true).with_user(
+        "guest",
+        "guest password",
+        false,
+    );
     let guest = login(&app, "guest", "guest password").await;
-    let answer = call(Method::GET, "/api/endpoints").session(&guest).send(&app).await;
+    let answer = call(Method::GET, "/api/endpoints")
+        .session(&guest)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(
-        call(Method::GET, "/api/session").session(&guest).send(&app).await.body["admin"],
+        call(Method::GET, "/api/session")
+            .session(&guest)
+            .send(&app)
+            .await
+            .body["admin"],
         false
     );
     // Accounts are for admins, even to look.
-    let answer = call(Method::GET, "/api/users").session(&guest).send(&app).await;
+    let answer = call(Method::GET, "/api/users")
+        .session(&guest)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     for path in routes() {
-        if ["/api/login", "/api/setup", "/api/logout"].contains(&path.as_str()) || is_public(&path) {
+        if ["/api/login", "/api/setup", "/api/logout"].contains(&path.as_str()) || is_public(&path)
+        {
             continue;
         }
         for method in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
@@ -465,10 +531,16 @@ async fn guests_read_but_change_nothing() {
                 .send(&app)
                 .await;
             assert_eq!(answer.status, StatusCode::FORBIDDEN, "{method} {path}");
-            assert!(answer.body["error"].as_str().expect("error").contains("guests"));
+            assert!(answer.body["error"]
+                .as_str()
+                .expect("error")
+                .contains("guests"));
         }
     }
-    let answer = call(Method::POST, "/api/logout").session(&guest).send(&app).await;
+    let answer = call(Method::POST, "/api/logout")
+        .session(&guest)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
 }
 
@@ -503,20 +575,34 @@ async fn accounts_api() {
     let app = app().with_user("alice", "alice password", true);
     let admin = login(&app, "alice", "alice password").await;
     let add = |body: Value| call(Method::POST, "/api/users").session(&admin).json(body);
-    let answer = add(json!({"username": "bob", "password": "bob password"})).send(&app).await;
+    let answer = add(json!({"username": "bob", "password": "bob password"}))
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::CREATED);
     assert_eq!(answer.body["admin"], false);
     for (body, status) in [
-        (json!({"username": "bob", "password": "bob password"}), StatusCode::CONFLICT),
-        (json!({"username": "b b", "password": "bob password"}), StatusCode::BAD_REQUEST),
-        (json!({"username": "carl", "password": "short"}), StatusCode::BAD_REQUEST),
+        (
+            json!({"username": "bob", "password": "bob password"}),
+            StatusCode::CONFLICT,
+        ),
+        (
+            json!({"username": "b b", "password": "bob password"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"username": "carl", "password": "short"}),
+            StatusCode::BAD_REQUEST,
+        ),
         (json!({"username": "carl"}), StatusCode::BAD_REQUEST),
     ] {
         let answer = add(body.clone()).send(&app).await;
         assert_eq!(answer.status, status, "{body}: {}", answer.body);
         assert!(answer.body["error"].is_string());
     }
-    let answer = call(Method::GET, "/api/users").session(&admin).send(&app).await;
+    let answer = call(Method::GET, "/api/users")
+        .session(&admin)
+        .send(&app)
+        .await;
     let listed: Vec<(String, bool)> = answer
         .body
         .as_array()
@@ -525,7 +611,10 @@ async fn accounts_api() {
         .map(|u| {
             assert!(u["created_at"].is_string());
             assert!(u.get("password_hash").is_none());
-            (u["username"].as_str().expect("name").to_owned(), u["admin"] == true)
+            (
+                u["username"].as_str().expect("name").to_owned(),
+                u["admin"] == true,
+            )
         })
         .collect();
     assert_eq!(listed, [("alice".into(), true), ("bob".into(), false)]);
@@ -539,7 +628,11 @@ async fn accounts_api() {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(
-        call(Method::GET, "/api/users").session(&bob).send(&app).await.status,
+        call(Method::GET, "/api/users")
+            .session(&bob)
+            .send(&app)
+            .await
+            .status,
         StatusCode::OK
     );
     // A new password ends his sessions; the old password stops working.
@@ -550,7 +643,11 @@ async fn accounts_api() {
         .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(
-        call(Method::GET, "/api/requests").session(&bob).send(&app).await.status,
+        call(Method::GET, "/api/requests")
+            .session(&bob)
+            .send(&app)
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
     let answer = call(Method::POST, "/api/login")
@@ -561,15 +658,26 @@ async fn accounts_api() {
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     let bob = login(&app, "bob", "bob's new password").await;
     // Removing him ends his session; the last admin cannot go.
-    let answer = call(Method::DELETE, "/api/users/bob").session(&admin).send(&app).await;
+    let answer = call(Method::DELETE, "/api/users/bob")
+        .session(&admin)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
     assert_eq!(
-        call(Method::GET, "/api/requests").session(&bob).send(&app).await.status,
+        call(Method::GET, "/api/requests")
+            .session(&bob)
+            .send(&app)
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
     for (method, body, status) in [
         (Method::DELETE, None, StatusCode::CONFLICT),
-        (Method::PUT, Some(json!({"admin": false})), StatusCode::CONFLICT),
+        (
+            Method::PUT,
+            Some(json!({"admin": false})),
+            StatusCode::CONFLICT,
+        ),
     ] {
         let mut attempt = call(method, "/api/users/alice").session(&admin);
         if let Some(body) = body {
@@ -577,9 +685,15 @@ async fn accounts_api() {
         }
         let answer = attempt.send(&app).await;
         assert_eq!(answer.status, status);
-        assert!(answer.body["error"].as_str().expect("error").contains("last admin"));
+        assert!(answer.body["error"]
+            .as_str()
+            .expect("error")
+            .contains("last admin"));
     }
-    let answer = call(Method::DELETE, "/api/users/bob").session(&admin).send(&app).await;
+    let answer = call(Method::DELETE, "/api/users/bob")
+        .session(&admin)
+        .send(&app)
+        .await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
 }
 
@@ -589,8 +703,12 @@ async fn setup_token_works_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("fmd.duckdb");
     // `prepare` writes a new local credential; the router's stays (set once).
-    super::prepare(&app.state, &db, "http://127.0.0.1:9876", "").await.expect("prepare");
-    let token = super::lock(&app.state.auth.setup_token).clone().expect("setup open");
+    super::prepare(&app.state, &db, "http://127.0.0.1:9876", "")
+        .await
+        .expect("prepare");
+    let token = super::lock(&app.state.auth.setup_token)
+        .clone()
+        .expect("setup open");
     assert!(crate::security::LocalToken::read(&db).is_some());
     let setup = |token: &str, user: &str| {
         call(Method::POST, "/api/setup")
@@ -612,7 +730,9 @@ async fn setup_token_works_once() {
     assert!(users[0].admin);
     login(&app, "root", "first password").await;
     // With an account, a daemon start opens no setup.
-    super::prepare(&app.state, &db, "http://127.0.0.1:9876", "").await.expect("prepare");
+    super::prepare(&app.state, &db, "http://127.0.0.1:9876", "")
+        .await
+        .expect("prepare");
     assert!(super::lock(&app.state.auth.setup_token).is_none());
     let answer = call(Method::GET, "/api/session").send(&app).await;
     assert_eq!(answer.body["setup_required"], false);
