@@ -82,11 +82,15 @@ fn send_traffic(addr: &str) -> Vec<Sent> {
     sent
 }
 
-/// GET `path` on the daemon's API (under the base path) as JSON.
+/// GET `path` on the daemon's API (under the base path) as JSON, with the local credential.
 fn api(daemon: &Daemon, path: &str) -> Value {
     let mut conn = Conn::tcp(&daemon.listen).expect("connect to the daemon");
     let answer = conn
-        .send(&Req::get(&format!("{BASE}{path}")).closing())
+        .send(
+            &Req::get(&format!("{BASE}{path}"))
+                .header("Authorization", &format!("Bearer {}", daemon.token()))
+                .closing(),
+        )
         .expect("API request");
     assert_eq!(
         answer.status,

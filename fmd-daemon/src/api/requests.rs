@@ -359,7 +359,7 @@ mod tests {
                 StatusCode::BAD_REQUEST,
                 "path",
             ),
-            ("/api/nope", StatusCode::NOT_FOUND, "not found"),
+            ("/api/nope", StatusCode::NOT_FOUND, "no API route"),
             (
                 "/api/endpoints/ep/grouped-profile?n=10001",
                 StatusCode::BAD_REQUEST,

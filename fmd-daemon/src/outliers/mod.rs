@@ -104,10 +104,13 @@ impl Detector {
 
 /// The part of a stack under the view function: Flask's `dispatch_request` calls the view, so the
 /// frames after its last occurrence are the view's; without it (not Flask, or a truncated stack) all.
+/// Python 3.11+ names methods by their qualified name (`Flask.dispatch_request`), older ones by the bare one.
 pub fn trim_to_view(frames: Vec<StackFrame>) -> Vec<StackFrame> {
+    let is_dispatch =
+        |name: &str| name == "dispatch_request" || name.ends_with(".dispatch_request");
     let dispatch = frames
         .iter()
-        .rposition(|f| f.function == "dispatch_request" && f.file.contains("flask"));
+        .rposition(|f| is_dispatch(&f.function) && f.file.contains("flask"));
     match dispatch {
         Some(i) if i + 1 < frames.len() => frames.into_iter().skip(i + 1).collect(),
         _ => frames,
@@ -167,7 +170,7 @@ mod tests {
         let stack = vec![
             frame("<module>", "/venv/bin/gunicorn"),
             frame("full_dispatch_request", "/venv/lib/flask/app.py"),
-            frame("dispatch_request", "/venv/lib/flask/app.py"),
+            frame("Flask.dispatch_request", "/venv/lib/flask/app.py"),
             frame("view", "/app/app.py"),
             frame("helper", "/app/app.py"),
         ];
