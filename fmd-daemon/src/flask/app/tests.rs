@@ -121,13 +121,25 @@ fn expected(j: &serde_json::Value) -> Vec<RouteInfo> {
 }
 
 fn check(label: &str, pid: u32, j: &serde_json::Value, expect_via: &str) {
-    let interp = Interpreter::attach(pid).unwrap_or_else(|e| panic!("{label}: attach {pid}: {e}"));
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline: Vec<String> = cmdline
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
+    // The process printed its JSON from inside its start-up; on a loaded machine it may not have finished
+    // binding its module globals yet. Give it a few tries to settle before asserting on one read.
+    for _ in 0..10 {
+        let settled = Interpreter::attach(pid).is_ok_and(|interp| {
+            find_apps(&interp, &cmdline)
+                .is_ok_and(|apps| apps.len() == 1 && apps[0].via.starts_with(expect_via))
+        });
+        if settled {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let interp = Interpreter::attach(pid).unwrap_or_else(|e| panic!("{label}: attach {pid}: {e}"));
     let apps = find_apps(&interp, &cmdline).unwrap_or_else(|e| panic!("{label}: find_apps: {e}"));
     assert_eq!(apps.len(), 1, "{label}: {apps:?}");
     assert!(
